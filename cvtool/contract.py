@@ -1,0 +1,212 @@
+"""The preprocessing and label contract that travels with a model.
+
+A `ModelCard` says everything needed to turn an image file into the model's input tensor and the
+model's output row into a class name. It is built once at training time, stored in the checkpoint,
+written as JSON into the ONNX file's `metadata_props`, and read back by predict/evaluate.
+
+Precedence when resolving the card used for a run: CLI overrides > the model file's card > defaults.
+
+Standard library only: this module is imported everywhere, including where torch is absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CARD_METADATA_KEY",
+    "SCHEMA_VERSION",
+    "CardError",
+    "ModelCard",
+    "resolve_card",
+]
+
+# Key under which the card's JSON is stored in the ONNX file's metadata_props.
+CARD_METADATA_KEY = "cvtool.card"
+SCHEMA_VERSION = 1
+
+RESIZE_MODES = ("stretch", "shorter_crop")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+OUTPUT_KINDS = ("logits", "probs")
+
+
+class CardError(ValueError):
+    """A card is missing, malformed or inconsistent; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """How to feed a model and read its output.
+
+    Preprocessing, in order: decode → convert to `channels` (1 = L, 3 = RGB) → resize
+    (`stretch`: straight to `input_size`; `shorter_crop`: shorter side to
+    round(min(input_size) / crop_pct), then center-crop `input_size`) with `interpolation`
+    → float32 × `scale` → (x - mean) / std per channel → (C, H, W).
+    """
+
+    class_names: tuple[str, ...]
+    channels: int = 3
+    input_size: tuple[int, int] = (224, 224)  # (height, width)
+    resize: str = "shorter_crop"
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    output: str = "logits"
+    schema_version: int = SCHEMA_VERSION
+    # Free-form provenance (architecture, training run); never used for preprocessing.
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        # Normalise list inputs (from JSON or the CLI) to tuples so the card stays hashable-ish
+        # and equality is by value.
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "extra", dict(self.extra))
+        self.validate()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def validate(self) -> None:
+        """Raise CardError naming the first field that is wrong."""
+        if self.schema_version > SCHEMA_VERSION:
+            raise CardError(
+                f"card schema_version {self.schema_version} is newer than this cvtool understands "
+                f"({SCHEMA_VERSION}); upgrade cvtool"
+            )
+        if len(self.class_names) < 1:
+            raise CardError("card has no class names")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise CardError("card class names are not unique")
+        if self.channels not in (1, 3):
+            raise CardError(f"card channels must be 1 or 3, got {self.channels}")
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise CardError(f"card input_size must be (height, width) > 0, got {self.input_size}")
+        if self.resize not in RESIZE_MODES:
+            raise CardError(f"card resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise CardError(f"card crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise CardError(f"card interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != self.channels:
+                raise CardError(
+                    f"card {name} has {len(values)} values but the model has {self.channels} channels"
+                )
+        if any(s == 0 for s in self.std):
+            raise CardError("card std must not contain 0")
+        if self.output not in OUTPUT_KINDS:
+            raise CardError(f"card output must be one of {OUTPUT_KINDS}, got {self.output!r}")
+
+    # --- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["class_names"] = list(self.class_names)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelCard:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CardError(f"card has unknown fields {unknown}")
+        if "class_names" not in d:
+            raise CardError("card has no class_names")
+        try:
+            return cls(**dict(d))
+        except (TypeError, ValueError) as e:
+            if isinstance(e, CardError):
+                raise
+            raise CardError(f"card is malformed: {e}") from e
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CardError(f"card is not valid JSON: {e}") from e
+        if not isinstance(d, dict):
+            raise CardError("card JSON is not an object")
+        return cls.from_dict(d)
+
+    def describe(self) -> str:
+        """A few human-readable lines, for --verbose."""
+        names = ", ".join(self.class_names[:10]) + (" …" if self.num_classes > 10 else "")
+        h, w = self.input_size
+        resize = (
+            f"shorter side → {round(min(h, w) / self.crop_pct)}, center-crop {h}×{w}"
+            if self.resize == "shorter_crop"
+            else f"stretch to {h}×{w}"
+        )
+        return "\n".join(
+            [
+                f"classes ({self.num_classes}): {names}",
+                f"input: {self.channels}×{h}×{w} ({'grayscale' if self.channels == 1 else 'RGB'})",
+                f"resize: {resize}, {self.interpolation}",
+                f"values: ×{self.scale:.6g}, mean {list(self.mean)}, std {list(self.std)}",
+                f"output: {self.output}",
+            ]
+        )
+
+
+def resolve_card(
+    file_card: ModelCard | None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    num_outputs: int | None = None,
+    input_channels: int | None = None,
+    input_hw: tuple[int | None, int | None] | None = None,
+) -> ModelCard:
+    """Combine the card found in a model file with CLI overrides (CLI > file > defaults).
+
+    `num_outputs`, `input_channels` and `input_hw` come from the model graph; they fill gaps for
+    models without a card and catch cards that disagree with the graph.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if file_card is not None:
+        base = file_card.to_dict()
+    else:
+        base = {}
+        if "class_names" not in overrides:
+            if num_outputs is None:
+                raise CardError(
+                    "the model carries no cvtool card and its output size is unknown: pass --classes"
+                )
+            # Without names the best we can do is the index, and saying so.
+            base["class_names"] = [str(i) for i in range(num_outputs)]
+        if input_channels in (1, 3):
+            base["channels"] = input_channels
+        if input_hw and all(isinstance(v, int) and v > 0 for v in input_hw):
+            base["input_size"] = list(input_hw)
+    merged = {**base, **overrides}
+    # Defaults for mean/std are ImageNet's (3 channels); a 1-channel model without its own
+    # statistics gets the single-channel equivalent rather than an inconsistent card.
+    channels = int(merged.get("channels", 3))
+    for key, default in (("mean", 0.5), ("std", 0.5)):
+        if key not in merged and channels == 1:
+            merged[key] = [default]
+    card = ModelCard.from_dict(merged)
+    if num_outputs is not None and num_outputs != card.num_classes:
+        raise CardError(
+            f"the card names {card.num_classes} classes but the model outputs {num_outputs} values"
+        )
+    if input_channels is not None and input_channels != card.channels:
+        raise CardError(f"the card says {card.channels} input channels but the model takes {input_channels}")
+    return card

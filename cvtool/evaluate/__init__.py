@@ -1,0 +1,1 @@
+"""Evaluation from an ONNX file alone: metrics, confusion matrices, figures."""

@@ -1,0 +1,1 @@
+"""Checkpoint → ONNX export (PyTorch + onnx)."""

@@ -1,0 +1,136 @@
+"""Decoding and eval-time preprocessing, in Pillow and numpy.
+
+This is the one implementation of the card's preprocessing. Training's validation loop, export
+verification, predict and evaluate all call `load_image` + `preprocess`, so what the model saw in
+validation is bit-for-bit what it sees in predict.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from cvtool.contract import ModelCard
+
+__all__ = ["ImageError", "load_image", "preprocess", "load_and_preprocess", "resize_and_crop"]
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class ImageError(Exception):
+    """An image file could not be read; str() names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _pre_crop_size(card: ModelCard, width: int, height: int) -> tuple[int, int]:
+    """(width, height) the image is resized to before the center crop."""
+    th, tw = card.input_size
+    if card.resize == "stretch":
+        return tw, th
+    # Scale so the image covers the crop region enlarged by 1/crop_pct (timm's crop_pct), keeping
+    # the aspect ratio; for a square target this is "shorter side → floor(size / crop_pct)".
+    sh, sw = math.floor(th / card.crop_pct), math.floor(tw / card.crop_pct)
+    s = max(sh / height, sw / width)
+    return max(sw, round(width * s)), max(sh, round(height * s))
+
+
+def _to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode to L (channels=1) or RGB (channels=3)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (or 32-bit int) grayscale: scale the full range to 8 bits instead of clipping.
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        top = 1.0 if a.max() <= 1.0 else 255.0
+        img = Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels composite onto white, as image viewers show them.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def load_image(path: str | os.PathLike, card: ModelCard | None = None) -> Image.Image:
+    """Decode an image file, apply its EXIF orientation, and convert to the card's channels.
+
+    With a card, large JPEGs are decoded at reduced size via draft() (at least twice the size the
+    resize needs, so quality is kept). Raises ImageError naming the file and the reason.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (rather than raising) between 1x and 2x MAX_IMAGE_PIXELS; we raise.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if card is not None and img.format == "JPEG":
+                    need_w, need_h = _pre_crop_size(card, *img.size)
+                    # draft() picks the largest 1/2^k scale still >= the requested size.
+                    img.draft(img.mode, (2 * need_w, 2 * need_h))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_channels(img, card.channels if card is not None else 3)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(path, f"image too large (decompression-bomb guard): {e}") from e
+    except FileNotFoundError as e:
+        raise ImageError(path, "file not found") from e
+    except PermissionError as e:
+        raise ImageError(path, "permission denied") from e
+    except IsADirectoryError as e:
+        raise ImageError(path, "is a directory") from e
+    except Image.UnidentifiedImageError as e:
+        size = path.stat().st_size if path.exists() else 0
+        raise ImageError(path, "empty file" if size == 0 else "not a recognised image") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        # Truncated or corrupt data surfaces as OSError/ValueError/SyntaxError from the decoders.
+        raise ImageError(path, f"cannot decode: {e}") from e
+
+
+def resize_and_crop(img: Image.Image, card: ModelCard) -> Image.Image:
+    """Resize (stretch or shorter-side) and center-crop to the card's input size."""
+    th, tw = card.input_size
+    w, h = _pre_crop_size(card, *img.size)
+    if (w, h) != img.size:
+        img = img.resize((w, h), _RESAMPLE[card.interpolation])
+    if (w, h) != (tw, th):
+        # Same rounding as torchvision's center_crop.
+        left = int(round((w - tw) / 2.0))
+        top = int(round((h - th) / 2.0))
+        img = img.crop((left, top, left + tw, top + th))
+    return img
+
+
+def preprocess(img: Image.Image, card: ModelCard) -> np.ndarray:
+    """PIL image (already in the card's channels) → normalised (C, H, W) float32 array."""
+    img = resize_and_crop(img, card)
+    a = np.asarray(img, dtype=np.float32)  # (H, W) or (H, W, 3)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    mean = np.asarray(card.mean, dtype=np.float32) / np.float32(card.scale)
+    inv_std = np.float32(card.scale) / np.asarray(card.std, dtype=np.float32)
+    # (x * scale - mean) / std  ==  (x - mean / scale) * (scale / std), one fewer pass.
+    a = (a - mean) * inv_std
+    return np.ascontiguousarray(a.transpose(2, 0, 1))  # (C, H, W) float32
+
+
+def load_and_preprocess(path: str | os.PathLike, card: ModelCard) -> np.ndarray:
+    """Decode + preprocess one file; raises ImageError."""
+    return preprocess(load_image(path, card), card)

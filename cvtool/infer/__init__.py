@@ -1,0 +1,1 @@
+"""Inference on ONNX Runtime: sessions and providers, the batched pipeline, submission files."""

@@ -1,0 +1,1 @@
+"""Training (PyTorch). Only this package and cvtool.export import torch."""

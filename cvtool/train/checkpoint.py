@@ -1,0 +1,61 @@
+"""Checkpoints: written atomically, loaded with weights_only=True.
+
+A checkpoint is a plain dict of tensors and builtins, so `torch.load(weights_only=True)` can read
+it without unpickling arbitrary objects:
+
+    format, version, arch, card (ModelCard.to_dict()), model (state_dict), epoch, metrics,
+    config, and when resuming is possible: optimizer, scheduler, rng.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cvtool.atomic import atomic_write
+from cvtool.contract import ModelCard
+from cvtool.train.models import create_model
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
+
+FORMAT = "cvtool.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message names it."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """torch.save to a temporary file, then rename: a kill mid-save keeps the previous file."""
+    path = Path(path)
+    with atomic_write(path, "wb") as f:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated/foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a cvtool checkpoint")
+    if ckpt.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ckpt['version']} is newer than cvtool")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the network and its card from a loaded checkpoint (eval mode, CPU)."""
+    card = ModelCard.from_dict(ckpt["card"])
+    model = create_model(ckpt["arch"], card.num_classes, card.channels, card.input_size)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), card
