@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,14 +35,16 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Prepare datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Markup off by default: paths and class names may contain [brackets]. Soft wrap: lines stay
+# whole in logs and pipes.
+console = Console(highlight=False, markup=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 TRAIN_EXTRA_HINT = 'install the training extra: pip install "cvtool[train]"'
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {escape(message)}", markup=True)
     return typer.Exit(code)
 
 
@@ -107,7 +110,7 @@ def _open(model: Path, device: str, overrides: dict[str, Any], verbose: bool):
         )
     if verbose:
         source = "file card" if m.has_card else "defaults"
-        console.print(f"[bold]card[/bold] ({source}" + (" + CLI overrides" if overrides else "") + "):")
+        console.print(f"card ({source}" + (" + CLI overrides" if overrides else "") + "):")
         console.print(m.card.describe())
         console.print(f"provider: {m.provider}")
     return m
