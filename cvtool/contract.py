@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,7 @@ class ModelCard:
 
     Preprocessing, in order: decode → convert to `channels` (1 = L, 3 = RGB) → resize
     (`stretch`: straight to `input_size`; `shorter_crop`: shorter side to
-    round(min(input_size) / crop_pct), then center-crop `input_size`) with `interpolation`
+    floor(min(input_size) / crop_pct), then center-crop `input_size`) with `interpolation`
     → float32 × `scale` → (x - mean) / std per channel → (C, H, W).
     """
 
@@ -151,7 +152,7 @@ class ModelCard:
         names = ", ".join(self.class_names[:10]) + (" …" if self.num_classes > 10 else "")
         h, w = self.input_size
         resize = (
-            f"shorter side → {round(min(h, w) / self.crop_pct)}, center-crop {h}×{w}"
+            f"shorter side → {math.floor(min(h, w) / self.crop_pct)}, center-crop {h}×{w}"
             if self.resize == "shorter_crop"
             else f"stretch to {h}×{w}"
         )

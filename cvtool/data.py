@@ -37,7 +37,7 @@ class DataError(ValueError):
 
 def natural_key(s: str) -> tuple:
     """Sort key that orders embedded numbers by value: "2.png" < "10.png"."""
-    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s))
+    return tuple(int(t) if t.isdecimal() else t.lower() for t in re.split(r"(\d+)", s))
 
 
 def _is_hidden(name: str) -> bool:
@@ -77,7 +77,8 @@ def list_images(root: str | os.PathLike, recursive: bool = False) -> FolderScan:
                         scan.skip("not an image extension")
                     continue
                 if is_dir:
-                    scan.skip("directory named like an image")
+                    if not recursive:  # when recursing, os.walk visits it as a folder
+                        scan.skip("directory named like an image")
                     continue
                 scan.files.append(Path(entry.path))
     scan.files.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))

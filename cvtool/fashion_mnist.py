@@ -66,6 +66,8 @@ def read_idx(data: bytes, source: str) -> np.ndarray:
     if len(data) < 4 or data[0:2] != b"\0\0" or data[2] != 0x08:
         raise DataError(f"{source}: not an unsigned-byte IDX file")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{source}: IDX header is truncated")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if payload.size != int(np.prod(dims)):

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from cvtool.contract import ModelCard
 
@@ -82,7 +82,12 @@ def load_image(path: str | os.PathLike, card: ModelCard | None = None) -> Image.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if card is not None and img.format == "JPEG":
-                    need_w, need_h = _pre_crop_size(card, *img.size)
+                    w, h = img.size
+                    # EXIF orientations 5-8 swap width and height once applied.
+                    rotated = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+                    need_w, need_h = _pre_crop_size(card, *((h, w) if rotated else (w, h)))
+                    if rotated:
+                        need_w, need_h = need_h, need_w
                     # draft() picks the largest 1/2^k scale still >= the requested size.
                     img.draft(img.mode, (2 * need_w, 2 * need_h))
                 img.load()

@@ -41,7 +41,9 @@ def test_submission_has_one_row_per_image_in_numeric_order(rgb_model, shapes_tes
 
 
 @pytest.mark.parametrize(
-    "model_fixture,file_mode", [("gray_model", "RGB"), ("rgb_model", "L")], ids=["1ch-model-rgb-files", "3ch-model-gray-files"]
+    "model_fixture,file_mode",
+    [("gray_model", "RGB"), ("rgb_model", "L")],
+    ids=["1ch-model-rgb-files", "3ch-model-gray-files"],
 )
 def test_channel_conversion(request, tmp_path, model_fixture, file_mode):
     model = request.getfixturevalue(model_fixture)
@@ -69,11 +71,15 @@ def test_bad_image_is_listed_filled_and_exits_1(rgb_model, tmp_path):
     assert "skipped 1 file(s): hidden file" in r.output
 
     out2 = tmp_path / "sub_skip.csv"
-    r = runner.invoke(app, ["predict", str(test_dir), "--model", str(rgb_model), "-o", str(out2), "--on-error", "skip"])
+    r = runner.invoke(
+        app, ["predict", str(test_dir), "--model", str(rgb_model), "-o", str(out2), "--on-error", "skip"]
+    )
     assert r.exit_code == 1 and len(read_rows(out2)) == 1 + 6
 
     out3 = tmp_path / "sub_fail.csv"
-    r = runner.invoke(app, ["predict", str(test_dir), "--model", str(rgb_model), "-o", str(out3), "--on-error", "fail"])
+    r = runner.invoke(
+        app, ["predict", str(test_dir), "--model", str(rgb_model), "-o", str(out3), "--on-error", "fail"]
+    )
     assert r.exit_code == 1 and not out3.exists()
 
 
@@ -87,12 +93,14 @@ def test_model_without_card_needs_flags(rgb_model, shapes_test, tmp_path):
     onnx.save(proto, str(bare))
     test_dir, _ = shapes_test
     out = tmp_path / "sub.csv"
-    r = runner.invoke(app, ["predict", str(test_dir), "--model", str(bare), "-o", str(out), "--classes", "a,b"])
+    r = runner.invoke(
+        app, ["predict", str(test_dir), "--model", str(bare), "-o", str(out), "--classes", "a,b"]
+    )
     assert r.exit_code == 2 and "2 classes but the model outputs 3" in r.output
     r = runner.invoke(
         app,
-        ["predict", str(test_dir), "--model", str(bare), "-o", str(out), "--classes", "a,b,c", "--mean", "0.2,0.2,0.2",
-         "--std", "0.3,0.3,0.3", "-v"],
+        ["predict", str(test_dir), "--model", str(bare), "-o", str(out), "--classes", "a,b,c",
+         "--mean", "0.2,0.2,0.2", "--std", "0.3,0.3,0.3", "-v"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "defaults + CLI overrides" in r.output

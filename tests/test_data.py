@@ -203,10 +203,5 @@ def test_stratified_split_rejects_bad_fraction():
             stratified_split([0, 1], f)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data.natural_key uses str.isdigit(), which is true for superscripts like '²' that int() "
-    "rejects, so the sort key raises ValueError (isdecimal() would match re's \\d)",
-)
 def test_natural_key_superscript_digits_do_not_crash():
     assert sorted(["2²", "10", "2"], key=natural_key) == ["2", "2²", "10"]

@@ -42,7 +42,9 @@ def test_metrics_match_sklearn(rgb_model, shapes_test, tmp_path):
         assert pc["support"] == sup[i]
     cm = confusion_matrix(y_true, y_pred, labels=range(3))
     np.testing.assert_array_equal(r["confusion_matrix"], cm)
-    csv_cm = [[int(v) for v in row[1:]] for row in list(csv.reader((tmp_path / "confusion_matrix.csv").open()))[1:]]
+    csv_cm = [
+        [int(v) for v in row[1:]] for row in list(csv.reader((tmp_path / "confusion_matrix.csv").open()))[1:]
+    ]
     np.testing.assert_array_equal(np.array(csv_cm), cm)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["accuracy"] == pytest.approx(r["accuracy"]) and saved["provider"] == "CPUExecutionProvider"

@@ -280,11 +280,6 @@ def test_large_jpeg_draft_one_channel(tmp_path: Path):
     np.testing.assert_allclose(x, (128 / 255 - 0.5) / 0.25, atol=0.05)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="images.load_image computes the draft() size from the stored JPEG size before the EXIF "
-    "transpose; for a rotated JPEG and a non-square target it decodes below the size the resize needs",
-)
 def test_draft_respects_exif_rotation(tmp_path: Path):
     # Stored 4000×500 with orientation 6 → viewed 500×4000. Target 50 high × 500 wide
     # (shorter_crop, crop_pct 1) needs the full 500-pixel width; draft must not go below it.

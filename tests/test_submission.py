@@ -53,7 +53,9 @@ def test_fill_uses_most_predicted_class(tmp_path: Path):
 
 def test_fill_when_everything_failed(tmp_path: Path):
     preds = Predictions(
-        paths=[], probs=np.zeros((0, 3), np.float32), failed={tmp_path / "7.png": "x", tmp_path / "3.png": "y"}
+        paths=[],
+        probs=np.zeros((0, 3), np.float32),
+        failed={tmp_path / "7.png": "x", tmp_path / "3.png": "y"},
     )
     assert submission_rows(preds, CLASSES) == [("3", "cat"), ("7", "cat")]
 

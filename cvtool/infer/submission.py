@@ -34,7 +34,7 @@ class SubmissionError(RuntimeError):
 
 
 def _id_key(ids: Sequence[str]):
-    if ids and all(i.isdigit() for i in ids):
+    if ids and all(i.isdecimal() for i in ids):
         return int
     return natural_key
 
