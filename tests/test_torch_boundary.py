@@ -12,8 +12,12 @@ from pathlib import Path
 import cvtool
 
 PACKAGE = Path(cvtool.__file__).parent
-TORCH_FREE = [PACKAGE / f for f in ("contract.py", "images.py", "data.py", "cli.py", "atomic.py")]
-TORCH_FREE += sorted((PACKAGE / "infer").rglob("*.py")) + sorted((PACKAGE / "evaluate").rglob("*.py"))
+TORCH_FREE = [PACKAGE / f for f in ("contract.py", "images.py", "data.py", "atomic.py")]
+TORCH_FREE += (
+    sorted((PACKAGE / "cli").rglob("*.py"))
+    + sorted((PACKAGE / "infer").rglob("*.py"))
+    + sorted((PACKAGE / "evaluate").rglob("*.py"))
+)
 BANNED = {"torch", "torchvision", "onnx", "onnxscript"}
 
 BLOCKER = """
