@@ -48,7 +48,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def require_torch() -> None:
-    for module in ("torch", "onnx"):
+    for module in ("torch", "onnxscript"):
         if importlib.util.find_spec(module) is None:
             raise fail(TRAIN_EXTRA_HINT)
 
