@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,13 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+
+
+# Pillow's own decompression-bomb check runs in Image.open on the *stored* size, before draft()
+# can shrink a large JPEG, and silencing its warning is process-global (not thread-safe). cvtool
+# checks the size that will actually be decoded instead, with Pillow's default error threshold.
+Image.MAX_IMAGE_PIXELS = None
+MAX_DECODED_PIXELS = 2 * 89_478_485
 
 
 class ImageError(Exception):
@@ -77,24 +83,26 @@ def load_image(path: str | os.PathLike, card: ModelCard | None = None) -> Image.
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            # Pillow warns (rather than raising) between 1x and 2x MAX_IMAGE_PIXELS; we raise.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if card is not None and img.format == "JPEG":
-                    w, h = img.size
-                    # EXIF orientations 5-8 swap width and height once applied.
-                    rotated = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
-                    need_w, need_h = _pre_crop_size(card, *((h, w) if rotated else (w, h)))
-                    if rotated:
-                        need_w, need_h = need_h, need_w
-                    # draft() picks the largest 1/2^k scale still >= the requested size.
-                    img.draft(img.mode, (2 * need_w, 2 * need_h))
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_channels(img, card.channels if card is not None else 3)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(path, f"image too large (decompression-bomb guard): {e}") from e
+        with Image.open(path) as img:
+            w, h = img.size
+            if card is not None and img.format == "JPEG":
+                # EXIF orientations 5-8 swap width and height once applied.
+                rotated = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+                need_w, need_h = _pre_crop_size(card, *((h, w) if rotated else (w, h)))
+                if rotated:
+                    need_w, need_h = need_h, need_w
+                # draft() picks the largest 1/2^k scale (k <= 3) still >= the requested size.
+                img.draft(img.mode, (2 * need_w, 2 * need_h))
+                w, h = img.size
+            if w * h > MAX_DECODED_PIXELS:
+                raise ImageError(
+                    path,
+                    f"image too large: {w}×{h} pixels would be decoded "
+                    f"(limit {MAX_DECODED_PIXELS:,}; a decompression bomb?)",
+                )
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_channels(img, card.channels if card is not None else 3)
     except FileNotFoundError as e:
         raise ImageError(path, "file not found") from e
     except PermissionError as e:
@@ -104,7 +112,7 @@ def load_image(path: str | os.PathLike, card: ModelCard | None = None) -> Image.
     except Image.UnidentifiedImageError as e:
         size = path.stat().st_size if path.exists() else 0
         raise ImageError(path, "empty file" if size == 0 else "not a recognised image") from e
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, MemoryError) as e:
         # Truncated or corrupt data surfaces as OSError/ValueError/SyntaxError from the decoders.
         raise ImageError(path, f"cannot decode: {e}") from e
 
