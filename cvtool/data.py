@@ -80,6 +80,12 @@ def list_images(root: str | os.PathLike, recursive: bool = False) -> FolderScan:
                     if not recursive:  # when recursing, os.walk visits it as a folder
                         scan.skip("directory named like an image")
                     continue
+                if not entry.is_file():
+                    # A FIFO or device would block or never end; a dangling link is kept so
+                    # that it is reported as a failed image rather than silently dropped.
+                    if not entry.is_symlink():
+                        scan.skip("not a regular file")
+                        continue
                 scan.files.append(Path(entry.path))
     scan.files.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))
     return scan
