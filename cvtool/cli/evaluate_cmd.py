@@ -1,4 +1,4 @@
-"""`cvtool evaluate`: metrics and figures on labeled images, without torch."""
+"""`cvtool evaluate`: metrics, figures, failure cases, occlusion maps and a report, without torch."""
 
 from __future__ import annotations
 
@@ -28,6 +28,17 @@ from cvtool.cli.common import (
     progress_bar,
 )
 
+# Occlusion options, shared with `cvtool occlusion`.
+WindowOpt = typer.Option(
+    None, "--window", min=1, help="Occlusion window side in input pixels [default: 7, 1/8 of larger inputs]."
+)
+StrideOpt = typer.Option(None, "--stride", min=1, help="Occlusion window step [default: half the window].")
+BaselineOpt = typer.Option(
+    "mean",
+    "--baseline",
+    help="What the window shows: mean (training mean colour), zero (black) or blur (blurred image).",
+)
+
 
 @app.command()
 def evaluate(
@@ -45,21 +56,53 @@ def evaluate(
     std: str | None = StdOpt,
     resize: str | None = ResizeOpt,
     interpolation: str | None = InterpOpt,
+    failures: int = typer.Option(
+        0,
+        "--failures",
+        min=0,
+        help="Copy the K highest-loss misclassified images to failures/ and "
+        "draw top_losses.png (failures.csv always lists them all when K > 0).",
+    ),
+    occlusion: int = typer.Option(
+        0,
+        "--occlusion",
+        min=0,
+        help="Occlusion maps for the K worst failures and K random correct images.",
+    ),
+    window: int | None = WindowOpt,
+    stride: int | None = StrideOpt,
+    baseline: str = BaselineOpt,
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
+    seed: int = typer.Option(0, help="Seed for picking the random correct images."),
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Evaluate on labeled images: metrics.json, per_image.csv, confusion matrices."""
+    """Evaluate on labeled images: metrics, confusion matrices, failures, occlusion, report.html."""
     from cvtool.data import DataError
+    from cvtool.evaluate.occlusion import BASELINES
     from cvtool.evaluate.run import evaluate as run_evaluate
 
+    if baseline not in BASELINES:
+        raise fail(f"--baseline must be one of {', '.join(BASELINES)}")
+    if window is not None and stride is not None and stride > window:
+        raise fail(f"--stride {stride} must not exceed --window {window} (pixels would go uncovered)")
     ov = card_overrides(classes, size, channels, mean, std, resize, interpolation)
     m = open_onnx(model, device, ov, verbose)
+    if window is not None and window > min(m.card.input_size):
+        raise fail(f"--window {window} is larger than the model input {m.card.input_size}")
     with progress_bar() as progress:
         task = progress.add_task("evaluate", total=None)
+
+        def on_task(description: str, total: int):
+            t = progress.add_task(description, total=total)
+            return lambda n: progress.advance(t, n)
+
         try:
             r = run_evaluate(
                 m, data, out, labels, batch_size, workers,
                 on_start=lambda n: progress.update(task, total=n),
                 on_progress=lambda n: progress.advance(task, n),
+                failures=failures, occlusion=occlusion, window=window, stride=stride,
+                baseline=baseline, report=report, seed=seed, on_task=on_task,
             )  # fmt: skip
         except DataError as e:
             raise fail(str(e)) from None
@@ -78,10 +121,25 @@ def evaluate(
             f"{avg} avg", f"{a['precision']:.3f}", f"{a['recall']:.3f}", f"{a['f1']:.3f}", str(r["n"])
         )
     console.print(table)
+    extra = [f"top-5 {r['top5_accuracy']:.4f}"] if "top5_accuracy" in r else []
+    if "log_loss" in r:
+        extra += [f"log loss {r['log_loss']:.4f}", f"ECE {r['expected_calibration_error']:.4f}"]
     console.print(
-        f"accuracy {r['accuracy']:.4f} on {r['n']} images, {r['images_per_s']:.0f} images/s on "
-        f"{r['provider']}; results in {out}/ (metrics.json, per_image.csv, confusion_matrix.png)"
+        f"accuracy {r['accuracy']:.4f}" + "".join(f", {e}" for e in extra) + f" on {r['n']} images, "
+        f"{r['images_per_s']:.0f} images/s on {r['provider']}"
     )
+    wrong = len(r["failures"])
+    console.print(f"{wrong} misclassified; most confused: " + (
+        ", ".join(f"{t} → {p} ({n})" for t, p, n in r["most_confused"][:3]) or "none"
+    ))  # fmt: skip
+    written = ["metrics.json", "per_image.csv", "confusion_matrix*.png", "reliability.png"]
+    if failures:
+        written += ["failures/", "failures.csv", "top_losses.png"]
+    if occlusion:
+        written.append("occlusion/")
+    if report:
+        written.append("report.html")
+    console.print(f"results in {out}/: {', '.join(written)}")
     for reason, n in sorted(r["skipped_files"].items()):
         console.print(f"skipped {n} file(s): {reason}")
     if r["failed"]:

@@ -1,0 +1,257 @@
+"""Occlusion sensitivity (Zeiler & Fergus, 2014) through ONNX Runtime, in numpy.
+
+A window of baseline values slides over the model's input; every occluded copy of the image goes
+through the model in batches, and each pixel gets the mean probability of the target class over
+the windows that cover it. Where that probability falls, the model was looking.
+
+Window positions follow Captum's `Occlusion` (0, s, 2s, … ceil((size - window) / stride) steps; a
+last window that overhangs the edge is cut by it), so with the same window, stride and baseline
+`p(original) - pixel_map` equals Captum's attribution on the softmax output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from cvtool.atomic import atomic_write
+from cvtool.contract import ModelCard
+from cvtool.evaluate.outputs import safe_filename
+from cvtool.evaluate.plots import plt, save_figure
+from cvtool.images import load_image, preprocess, resize_and_crop
+
+__all__ = [
+    "BASELINES",
+    "OcclusionResult",
+    "baseline_for",
+    "occlude",
+    "occlude_file",
+    "save_occlusion",
+    "window_positions",
+]
+
+BASELINES = ("zero", "mean", "blur")
+
+
+def window_positions(size: int, window: int, stride: int) -> np.ndarray:
+    """Window offsets along one axis: 0, stride, … (ceil((size - window) / stride) + 1 of them)."""
+    if not 1 <= window <= size:
+        raise ValueError(f"window {window} must be between 1 and the input size {size}")
+    if not 1 <= stride <= window:
+        # A stride longer than the window would leave pixels no window ever covers.
+        raise ValueError(f"stride {stride} must be between 1 and the window {window}")
+    return np.arange(math.ceil((size - window) / stride) + 1) * stride
+
+
+@dataclass
+class OcclusionResult:
+    """Probabilities of every class with the window at every position."""
+
+    p0: np.ndarray  # (K,) probabilities of the unoccluded image
+    probs: np.ndarray  # (ny, nx, K) probabilities with the window's top-left at (ys[i], xs[j])
+    ys: np.ndarray  # (ny,) window rows
+    xs: np.ndarray  # (nx,) window columns
+    window: tuple[int, int]  # (height, width) in input pixels
+    size: tuple[int, int]  # (H, W) of the model input
+
+    def pixel_map(self, k: int) -> np.ndarray:
+        """(H, W) float64: mean p(class k) over the windows covering each pixel."""
+        h, w = self.size
+        wh, ww = self.window
+        total = np.zeros((h, w))
+        count = np.zeros((h, w))
+        for i, y in enumerate(self.ys):
+            for j, x in enumerate(self.xs):
+                total[y : y + wh, x : x + ww] += self.probs[i, j, k]
+                count[y : y + wh, x : x + ww] += 1
+        return total / count  # every pixel is covered: the last window reaches the edge
+
+
+def occlude(
+    run: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    baseline: np.ndarray | float,
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    batch_size: int = 64,
+    on_progress: Callable[[int], None] | None = None,
+) -> OcclusionResult:
+    """Occlude `x` (C, H, W) float32 with `baseline` (broadcastable to it) at every window position.
+
+    `run` maps an (N, C, H, W) batch to (N, K) probabilities (e.g. `OnnxModel.run`). Occluded
+    copies are built `batch_size` at a time, so memory stays bounded whatever the image size.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    c, h, w = x.shape
+    wh, ww = (window, window) if isinstance(window, int) else window
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ys, xs = window_positions(h, wh, sh), window_positions(w, ww, sw)
+    base = np.broadcast_to(np.asarray(baseline, dtype=np.float32), x.shape)
+    p0 = run(x[None])[0]
+    positions = [(y, xx) for y in ys for xx in xs]
+    out = np.empty((len(positions), len(p0)), dtype=np.float32)
+    for start in range(0, len(positions), batch_size):
+        chunk = positions[start : start + batch_size]
+        batch = np.repeat(x[None], len(chunk), axis=0)  # (n, C, H, W)
+        for b, (y, xx) in enumerate(chunk):
+            batch[b, :, y : y + wh, xx : xx + ww] = base[:, y : y + wh, xx : xx + ww]
+        out[start : start + len(chunk)] = run(batch)
+        if on_progress:
+            on_progress(len(chunk))
+    return OcclusionResult(
+        p0=p0,
+        probs=out.reshape(len(ys), len(xs), -1),
+        ys=ys,
+        xs=xs,
+        window=(wh, ww),
+        size=(h, w),
+    )
+
+
+def _input_card(card: ModelCard) -> ModelCard:
+    # The same normalisation for an image already at the input size: no second resize or crop.
+    return dataclasses.replace(card, resize="stretch")
+
+
+def baseline_for(kind: str, shown: Image.Image, card: ModelCard, window: int) -> np.ndarray | float:
+    """What the window shows, in model input space.
+
+    zero: black pixels (value 0 before normalisation); mean: the training data's mean colour
+    (0 after normalisation, Captum's default); blur: the image under a Gaussian blur with
+    sigma = window / 2, so only fine detail is removed.
+    """
+    if kind == "mean":
+        return 0.0
+    if kind == "zero":
+        return preprocess(Image.new(shown.mode, shown.size, 0), _input_card(card))
+    if kind == "blur":
+        blurred = shown.filter(ImageFilter.GaussianBlur(radius=max(1.0, window / 2)))
+        return preprocess(blurred, _input_card(card))
+    raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")
+
+
+def occlude_file(
+    run: Callable[[np.ndarray], np.ndarray],
+    path: str | os.PathLike,
+    card: ModelCard,
+    window: int,
+    stride: int,
+    baseline: str = "mean",
+    batch_size: int = 64,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[Image.Image, OcclusionResult]:
+    """Decode + preprocess one file as predict does, then occlude it.
+
+    Returns the image as the model sees it (resized and cropped, for display) and the result.
+    Raises ImageError for an unreadable file.
+    """
+    shown = resize_and_crop(load_image(path, card), card)
+    x = preprocess(shown, _input_card(card))
+    base = baseline_for(baseline, shown, card, window)
+    return shown, occlude(run, x, base, window, stride, batch_size, on_progress)
+
+
+def save_occlusion(
+    out_dir: str | os.PathLike,
+    name: str,
+    shown: Image.Image,
+    result: OcclusionResult,
+    targets: Sequence[int],
+    class_names: Sequence[str],
+    caption: str = "",
+) -> dict[str, Path]:
+    """Write <name>.png (image, p(target) map, its log, overlay; one row per target) and
+    <name>__<class>.npy (the raw (H, W) float32 map) for each target. Returns {kind: path}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    img = np.asarray(shown)
+    gray = img.ndim == 2
+    fig, axes = plt.subplots(len(targets), 4, figsize=(13, 3.1 * len(targets) + 0.4), squeeze=False)
+    for row, k in zip(axes, targets, strict=True):
+        cls = class_names[k]
+        pmap = result.pixel_map(k)
+        npy = out / f"{name}__{safe_filename(cls)}.npy"
+        with atomic_write(npy, "wb") as f:
+            np.save(f, pmap.astype(np.float32))
+        written[f"npy:{cls}"] = npy
+        p0 = float(result.p0[k])
+        short = cls if len(cls) <= 20 else cls[:19] + "…"
+        row[0].imshow(img, cmap="gray" if gray else None, vmin=0, vmax=255)
+        row[0].set_title(f"input, p({short}) = {p0:.3f}", fontsize=9)
+        im = row[1].imshow(pmap, cmap="viridis")
+        row[1].set_title(f"p({short}) when occluded here", fontsize=9)
+        plt.colorbar(im, ax=row[1], fraction=0.046, pad=0.04)
+        im = row[2].imshow(np.log(np.clip(pmap, 1e-12, None)), cmap="viridis")
+        row[2].set_title(f"log p({short})", fontsize=9)
+        plt.colorbar(im, ax=row[2], fraction=0.046, pad=0.04)
+        # Overlay what matters: how much occluding each pixel lowers p(target).
+        drop = np.clip(p0 - pmap, 0, None)
+        row[3].imshow(img, cmap="gray" if gray else None, vmin=0, vmax=255)
+        im = row[3].imshow(drop, cmap="jet", alpha=0.45, vmin=0, vmax=max(float(drop.max()), 1e-6))
+        row[3].set_title(f"drop in p({short}) (max {drop.max():.3f})", fontsize=9)
+        plt.colorbar(im, ax=row[3], fraction=0.046, pad=0.04)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    wh, ww = result.window
+    head = f"occlusion, {wh}×{ww} window, {len(result.ys) * len(result.xs)} positions"
+    fig.suptitle(f"{caption}\n{head}" if caption else head, fontsize=10)
+    fig.tight_layout()
+    written["png"] = save_figure(fig, out / f"{name}.png")
+    return written
+
+
+def default_window(input_size: tuple[int, int]) -> int:
+    """7 pixels (the classic setting for 28×28 digits), or 1/8 of the shorter side when larger."""
+    return max(7, round(min(input_size) / 8))
+
+
+def default_stride(window: int) -> int:
+    """Half the window: every pixel is covered by about four windows."""
+    return max(1, window // 2)
+
+
+def num_positions(input_size: tuple[int, int], window: int, stride: int) -> int:
+    """How many occluded copies one image needs (for progress bars)."""
+    h, w = input_size
+    return len(window_positions(h, window, stride)) * len(window_positions(w, window, stride))
+
+
+OCCLUSION_CSV_HEADER = [
+    "name",
+    "path",
+    "target",
+    "p_original",
+    "p_min_occluded",
+    "min_row",
+    "min_col",
+    "png",
+    "npy",
+]
+
+
+def summary_row(
+    name: str, path: str | os.PathLike, result: OcclusionResult, k: int, cls: str, files: dict
+) -> list:
+    """One occlusion.csv row: where occluding hurts p(target) most (row, column of the map's minimum)."""
+    pmap = result.pixel_map(k)
+    r, c = np.unravel_index(int(np.argmin(pmap)), pmap.shape)
+    return [
+        name,
+        str(path),
+        cls,
+        f"{float(result.p0[k]):.6f}",
+        f"{float(pmap[r, c]):.6f}",
+        int(r),
+        int(c),
+        files["png"].name,
+        files[f"npy:{cls}"].name,
+    ]

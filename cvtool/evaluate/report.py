@@ -1,0 +1,182 @@
+"""report.html: one self-contained page with the evaluation's results.
+
+Images are embedded as base64 data URIs and the styles are inline, so the file can be mailed or
+attached to a course report and opens anywhere without its folder. Every name that comes from the
+data (class names, file names, paths) is HTML-escaped. A few lines of script record on the page
+whether all images decoded and whether any error happened (attributes on <html>), which the test
+reads back from headless Chromium.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from cvtool import __version__
+from cvtool.atomic import atomic_write_text
+from cvtool.evaluate.failures import Failure
+
+__all__ = ["write_report"]
+
+TABLE_ROWS = 20  # rows of most-confused pairs and failures shown; the CSVs hold them all
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
+       padding: 0 1rem; color: #222; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .5rem 0; font-size: .9rem; }
+th, td { padding: .2rem .6rem; border-bottom: 1px solid #eee; text-align: right; }
+th:first-child, td:first-child, td.name { text-align: left; }
+figure { margin: 1rem 0; } figcaption { font-size: .85rem; color: #555; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.grid { display: flex; flex-wrap: wrap; gap: 1rem; } .grid figure { flex: 1 1 480px; }
+.muted { color: #666; font-size: .85rem; }
+"""
+
+# Runs before the body is parsed so it also sees images that fail early.
+_SCRIPT = """
+(function () {
+  var root = document.documentElement, errors = 0;
+  window.addEventListener("error", function () {
+    errors += 1;
+    root.setAttribute("data-errors", errors);
+  }, true);
+  root.setAttribute("data-errors", 0);
+  window.addEventListener("load", function () {
+    var imgs = Array.prototype.slice.call(document.images);
+    var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+    root.setAttribute("data-images", ok + "/" + imgs.length);
+  });
+})();
+"""
+
+
+def _img(path: str | os.PathLike, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
+
+
+def _figure(path: str | os.PathLike | None, caption: str) -> str:
+    if path is None or not Path(path).is_file():
+        return ""
+    return f"<figure>{_img(path, caption)}<figcaption>{escape(caption)}</figcaption></figure>"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], name_cols: int = 1) -> str:
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="name">{escape(str(v))}</td>' if i < name_cols else f"<td>{escape(str(v))}</td>"
+            for i, v in enumerate(row)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _summary(m: dict[str, Any]) -> str:
+    rows = [("images", m["n"]), ("accuracy", f"{m['accuracy']:.4f}")]
+    if "top5_accuracy" in m:
+        rows.append(("top-5 accuracy", f"{m['top5_accuracy']:.4f}"))
+    if "log_loss" in m:
+        rows.append(("log loss", f"{m['log_loss']:.4f}"))
+        rows.append(
+            (f"expected calibration error ({m['ece_bins']} bins)", f"{m['expected_calibration_error']:.4f}")
+        )
+    for avg in ("macro", "weighted"):
+        a = m[avg]
+        rows.append(
+            (f"{avg} precision / recall / F1", f"{a['precision']:.3f} / {a['recall']:.3f} / {a['f1']:.3f}")
+        )
+    rows.append(("provider, speed", f"{m['provider']}, {m['images_per_s']:.0f} images/s"))
+    if m.get("failed_images"):
+        rows.append(("unreadable images (excluded)", m["failed_images"]))
+    return _table(["", ""], rows)
+
+
+def write_report(
+    path: str | os.PathLike,
+    metrics: dict[str, Any],
+    class_names: Sequence[str],
+    confused: Sequence[tuple[str, str, int]],
+    failures: Sequence[Failure],
+    gallery: str | os.PathLike | None = None,
+    occlusion: Sequence[dict[str, Any]] = (),
+) -> Path:
+    """Write report.html next to the figures it embeds (read from the same folder)."""
+    path = Path(path)
+    out = path.parent
+    m = metrics
+    title = f"Evaluation of {Path(m['model']).name} on {m['data']}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(title)}</title><style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="muted">model {escape(m["model"])} · data {escape(m["data"])} · cvtool {__version__}</p>',
+        "<h2>Summary</h2>",
+        _summary(m),
+        "<h2>Per class</h2>",
+        _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [
+                (name, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"])
+                for name, c in m["per_class"].items()
+            ],
+        ),
+        "<h2>Confusion matrices</h2>",
+        '<p class="muted">Rows are the true classes, columns the predicted ones.</p>',
+        '<div class="grid">',
+        _figure(out / "confusion_matrix.png", "Counts"),
+        _figure(out / "confusion_matrix_normalized.png", "Row-normalized: recall on the diagonal"),
+        "</div>",
+        "<h2>Most confused pairs</h2>",
+        _table(["true", "predicted", "count"], confused[:TABLE_ROWS], name_cols=2)
+        if confused
+        else "<p>No misclassified images.</p>",
+        f'<p class="muted">{len(confused)} pairs in all; see most_confused.csv.</p>' if confused else "",
+        "<h2>Calibration</h2>",
+        _figure(out / "reliability.png", "Accuracy against confidence; the gap is what ECE averages"),
+        "<h2>Highest-loss failures</h2>",
+    ]
+    if failures:
+        parts.append(_figure(gallery, "Predicted / true class, loss / probability of the prediction"))
+        parts.append(
+            _table(
+                ["rank", "file", "true", "predicted", "loss", "p(true)", "p(predicted)"],
+                [
+                    (
+                        f.rank,
+                        f.path.name,
+                        class_names[f.true],
+                        class_names[f.pred],
+                        f"{f.loss:.3f}",
+                        f"{f.p_true:.3f}",
+                        f"{f.p_pred:.3f}",
+                    )
+                    for f in failures[:TABLE_ROWS]
+                ],
+                name_cols=0,
+            )
+        )
+        parts.append(f'<p class="muted">{len(failures)} misclassified images in all; see failures.csv.</p>')
+    else:
+        parts.append("<p>No misclassified images.</p>")
+    if occlusion:
+        occ = m.get("occlusion", {})
+        parts.append("<h2>Occlusion maps</h2>")
+        parts.append(
+            f'<p class="muted">{escape(str(occ.get("window", "?")))}-pixel window, stride '
+            f"{escape(str(occ.get('stride', '?')))}, baseline {escape(str(occ.get('baseline', '?')))}: "
+            "each pixel shows the class probability while a window covering it is occluded; "
+            "low values mark what the model relies on.</p>"
+        )
+        parts.extend(_figure(e["png"], e["caption"]) for e in occlusion)
+    parts.append("</body></html>")
+    atomic_write_text(path, "\n".join(p for p in parts if p) + "\n")
+    return path
