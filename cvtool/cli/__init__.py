@@ -1,7 +1,7 @@
 """The `cvtool` command line: thin Typer wrappers over plain functions, one module per command."""
 
 # Importing a command module registers its command(s) on `app`.
-from cvtool.cli import data_cmd, evaluate_cmd, export_cmd, predict_cmd, train_cmd, explain_cmd, quantize_cmd, inspect_cmd, card_cmd  # noqa: E402, F401, I001
+from cvtool.cli import data_cmd, evaluate_cmd, export_cmd, predict_cmd, train_cmd, explain_cmd  # noqa: E402, F401, I001
 from cvtool.cli.common import app
 
 __all__ = ["app", "main"]
