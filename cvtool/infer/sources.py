@@ -1,0 +1,193 @@
+"""Which files to predict and what each row is called: listing, ids, ordering, shards.
+
+Made for very large test folders: the folder is walked lazily with os.scandir and only two short
+strings per file are kept (its path relative to the root and its id), never decoded data.
+Ordering needs every id (numeric ids sort numerically, so the last file listed may come first),
+which is why the list is built before decoding starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from cvtool.data import IMAGE_EXTENSIONS, natural_key
+
+__all__ = [
+    "ID_FROM",
+    "Items",
+    "SourceError",
+    "id_of",
+    "id_sort_key",
+    "ids_digest",
+    "in_shard",
+    "list_items",
+    "parse_shard",
+]
+
+ID_FROM = ("stem", "name", "relpath")
+
+
+class SourceError(ValueError):
+    """The files to predict cannot be listed or named as asked; the message says why."""
+
+
+def id_of(relpath: str, id_from: str = "stem") -> str:
+    """The submission id of a file, from its POSIX path relative to the test folder."""
+    if id_from == "stem":
+        return PurePosixPath(relpath).stem
+    if id_from == "name":
+        return PurePosixPath(relpath).name
+    if id_from == "relpath":
+        return relpath
+    raise SourceError(f"--id-from must be one of {', '.join(ID_FROM)}, got {id_from!r}")
+
+
+def id_sort_key(ids: list[str]) -> Callable[[str], object]:
+    """Numeric ids sort as numbers (2 before 10); anything else naturally ("img2" < "img10")."""
+    if ids and all(i.isdecimal() for i in ids):
+        return int
+    return natural_key
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    """SHA-256 of ids in output order: lets `merge` check that shards add up to the listing."""
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(i.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """ "I/N" → (I, N), 1 ≤ I ≤ N: this run predicts shard I of N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise SourceError(f"--shard takes I/N (e.g. 2/4), got {text!r}") from None
+    if not 1 <= i <= n:
+        raise SourceError(f"--shard {text}: I must be between 1 and N")
+    return i, n
+
+
+def in_shard(item_id: str, shard: tuple[int, int]) -> bool:
+    """Whether `item_id` belongs to shard I of N: a stable hash of the id, the same on every machine
+    and whatever order the files are listed in."""
+    i, n = shard
+    return zlib.crc32(item_id.encode("utf-8")) % n == i - 1
+
+
+@dataclass
+class Items:
+    """The files to predict, in output order, with their ids."""
+
+    root: Path
+    relpaths: list[str]  # POSIX paths relative to root (or absolute, from --files)
+    ids: list[str]
+    skipped: dict[str, int] = field(default_factory=dict)  # reason → count, never silent
+    total_ids: int = 0  # ids before sharding: what the merged shards must add up to
+    ids_digest: str = ""  # sha256 of all ids (before sharding), in output order
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def paths(self) -> Iterator[Path]:
+        """Full paths, made one at a time."""
+        root = self.root
+        return (root / r for r in self.relpaths)
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+
+def _walk(root: Path, recursive: bool, items: Items) -> Iterator[str]:
+    """Relative POSIX paths of the image files under root, lazily; counts what it passes over."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(root / rel_dir if rel_dir else root) as it:
+            for entry in it:
+                name = entry.name
+                if name.startswith("."):  # .DS_Store, ._foo.jpg (macOS), .git, …
+                    items.skip("hidden file")
+                    continue
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if entry.is_dir():
+                    if recursive:
+                        stack.append(rel)
+                    elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                        items.skip("directory named like an image")
+                    continue
+                if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                    items.skip("not an image extension")
+                    continue
+                yield rel
+
+
+def _read_list(root: Path, files: Path) -> Iterator[str]:
+    """Entries of a --files list: one path per line, relative to the test folder; # comments."""
+    try:
+        f = open(files, encoding="utf-8-sig")
+    except OSError as e:
+        raise SourceError(f"{files}: cannot read: {e.strerror or e}") from e
+    with f:
+        for line in f:
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            p = Path(entry)
+            if p.is_absolute():
+                try:
+                    entry = p.relative_to(root).as_posix()
+                except ValueError:
+                    entry = p.as_posix()  # outside the folder: the id comes from the path as given
+            yield PurePosixPath(entry.replace("\\", "/")).as_posix()
+
+
+def list_items(
+    root: str | os.PathLike,
+    *,
+    recursive: bool = False,
+    files: str | os.PathLike | None = None,
+    id_from: str = "stem",
+    shard: tuple[int, int] | None = None,
+) -> Items:
+    """List the files to predict, name them, sort them by id, keep this shard's.
+
+    Raises SourceError when the folder cannot be read, nothing is found, or two files would get the
+    same id (the message names them and suggests an --id-from that tells them apart).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"{root}: not a directory")
+    items = Items(root=root, relpaths=[], ids=[])
+    if id_from not in ID_FROM:
+        raise SourceError(f"--id-from must be one of {', '.join(ID_FROM)}, got {id_from!r}")
+    source = _read_list(root, Path(files)) if files is not None else _walk(root, recursive, items)
+    pairs = [(id_of(rel, id_from), rel) for rel in source]
+    if not pairs:
+        where = files if files is not None else root
+        raise SourceError(
+            f"{where}: no image files found" + ("" if recursive or files else " (--recursive?)")
+        )
+    key = id_sort_key([i for i, _ in pairs])
+    # The id itself breaks ties of the natural key ("Img1" vs "img1"): a total order, the same in merge.
+    pairs.sort(key=lambda p: (key(p[0]), p[0]))
+    dups = [pairs[k] for k in range(1, len(pairs)) if pairs[k][0] == pairs[k - 1][0]]
+    if dups:
+        first = dups[0][0]
+        clash = [rel for i, rel in pairs if i == first]
+        hint = {"stem": "--id-from name or relpath", "name": "--id-from relpath"}.get(id_from, "")
+        raise SourceError(
+            f"{len(dups)} duplicate id(s) such as {first!r} ({', '.join(clash[:3])})"
+            + (f": use {hint}" if hint else "")
+        )
+    items.total_ids, items.ids_digest = len(pairs), ids_digest(i for i, _ in pairs)
+    if shard is not None:
+        pairs = [p for p in pairs if in_shard(p[0], shard)]
+    items.ids = [i for i, _ in pairs]
+    items.relpaths = [rel for _, rel in pairs]
+    return items

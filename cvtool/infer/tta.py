@@ -1,0 +1,66 @@
+"""Test-time augmentation: several views of each image, whose probabilities are averaged.
+
+- `none`: the card's preprocessing, one view.
+- `flip`: that view and its horizontal mirror (2 views).
+- `flip+crops`: the center view, the four corner crops of the same resized image, and the mirror
+  of each (10 views, torchvision's TenCrop). For `stretch` cards, which leave no margin to crop
+  from, the image is first stretched to input_size / crop_pct.
+
+The center view is always exactly `images.preprocess`, so `none` is the first view of every mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+from cvtool.contract import ModelCard
+
+# The resize arithmetic and filters are images.py's, so the crops line up with preprocess().
+from cvtool.images import _RESAMPLE, _pre_crop_size, preprocess
+
+__all__ = ["TTA_MODES", "num_views", "views"]
+
+TTA_MODES = ("none", "flip", "flip+crops")
+_VIEWS = {"none": 1, "flip": 2, "flip+crops": 10}
+
+
+def num_views(mode: str) -> int:
+    """How many views `mode` makes of each image."""
+    if mode not in _VIEWS:
+        raise ValueError(f"unknown TTA mode {mode!r}; choose one of {', '.join(TTA_MODES)}")
+    return _VIEWS[mode]
+
+
+def _corner_crops(img: Image.Image, card: ModelCard) -> list[Image.Image]:
+    """The four (height, width) = input_size corners of the image the center crop is cut from."""
+    th, tw = card.input_size
+    if card.resize == "stretch":
+        big = (int(tw / card.crop_pct), int(th / card.crop_pct))
+    else:
+        big = _pre_crop_size(card, *img.size)
+    resized = img.resize(big, _RESAMPLE[card.interpolation]) if big != img.size else img
+    w, h = resized.size
+    boxes = [(0, 0), (w - tw, 0), (0, h - th), (w - tw, h - th)]
+    return [resized.crop((x, y, x + tw, y + th)) for x, y in boxes]
+
+
+def views(img: Image.Image, card: ModelCard, mode: str = "none") -> np.ndarray:
+    """(V, C, H, W) float32: the views of one decoded image (already in the card's channels)."""
+    n = num_views(mode)
+    center = preprocess(img, card)  # (C, H, W)
+    if n == 1:
+        return center[None]
+    out = np.empty((n, *center.shape), np.float32)
+    out[0] = center
+    out[1] = center[:, :, ::-1]  # mirror: reverse the width axis
+    if mode == "flip+crops":
+        # The crops are already input_size: preprocessing them only converts and normalises.
+        exact = dataclasses.replace(card, resize="stretch")
+        for i, crop in enumerate(_corner_crops(img, card)):
+            v = preprocess(crop, exact)
+            out[2 + 2 * i] = v
+            out[3 + 2 * i] = v[:, :, ::-1]
+    return out

@@ -1,0 +1,106 @@
+"""Listing test files: ids, ordering, nested folders, --files lists, duplicates, shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cvtool.infer.sources import SourceError, id_of, in_shard, list_items, parse_shard
+
+
+def _touch(root: Path, *names: str) -> Path:
+    for n in names:
+        p = root / n
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")  # listing never opens the files
+    return root
+
+
+def test_numeric_ids_sort_numerically_and_skips_are_counted(tmp_path: Path):
+    _touch(tmp_path, "10.png", "2.jpg", "1.png", "100.png", ".DS_Store", "._3.png", "notes.txt")
+    (tmp_path / "sub").mkdir()
+    items = list_items(tmp_path)
+    assert items.ids == ["1", "2", "10", "100"]
+    assert items.relpaths == ["1.png", "2.jpg", "10.png", "100.png"]
+    assert items.skipped == {"hidden file": 2, "not an image extension": 1}
+    assert [p.name for p in items.paths()] == ["1.png", "2.jpg", "10.png", "100.png"]
+
+
+def test_non_numeric_ids_sort_naturally(tmp_path: Path):
+    _touch(tmp_path, "img10.png", "img2.png", "Img1.png", "b.png")
+    assert list_items(tmp_path).ids == ["b", "Img1", "img2", "img10"]
+
+
+@pytest.mark.parametrize(
+    "id_from,ids",
+    [("relpath", ["a/1.png", "a/2.png", "b/1.png", "top.png"]), ("name", None), ("stem", None)],
+)
+def test_nested_folders(tmp_path: Path, id_from, ids):
+    _touch(tmp_path, "a/1.png", "a/2.png", "b/1.png", "top.png", "b/.hidden/9.png")
+    if ids is None:  # two files called 1.png: stem and name cannot tell them apart
+        with pytest.raises(SourceError, match=r"duplicate id.*'1(.png)?'.*a/1.png, b/1.png.*--id-from"):
+            list_items(tmp_path, recursive=True, id_from=id_from)
+    else:
+        items = list_items(tmp_path, recursive=True, id_from=id_from)
+        assert items.ids == ids
+    assert list_items(tmp_path).ids == ["top"]  # not recursive: sub-folders are not read
+
+
+def test_duplicate_stems_are_an_error_before_any_decoding(tmp_path: Path):
+    _touch(tmp_path, "1.png", "1.jpg", "2.png")
+    with pytest.raises(SourceError, match="1 duplicate id.*'1'.*use --id-from name or relpath"):
+        list_items(tmp_path)
+    assert list_items(tmp_path, id_from="name").ids == ["1.jpg", "1.png", "2.png"]
+
+
+def test_files_list(tmp_path: Path):
+    _touch(tmp_path, "a/3.png", "a/1.png", "b/2.png", "unlisted.png")
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# test images\na/3.png\n\n{tmp_path}/b/2.png\na/1.png\nmissing.png\n")
+    items = list_items(tmp_path, files=lst)
+    # Listed files only, sorted by id; a missing one is kept, to fail (and be listed) when decoded.
+    assert items.ids == ["1", "2", "3", "missing"]
+    assert items.relpaths == ["a/1.png", "b/2.png", "a/3.png", "missing.png"]
+    by_relpath = list_items(tmp_path, files=lst, id_from="relpath")
+    assert by_relpath.ids == ["a/1.png", "a/3.png", "b/2.png", "missing.png"]
+
+
+def test_empty_and_missing_folders(tmp_path: Path):
+    with pytest.raises(SourceError, match="no image files found"):
+        list_items(tmp_path)
+    with pytest.raises(SourceError, match="not a directory"):
+        list_items(tmp_path / "nope")
+    with pytest.raises(SourceError, match="cannot read"):
+        list_items(tmp_path, files=tmp_path / "nope.txt")
+
+
+def test_id_of():
+    assert id_of("a/b/12.png", "stem") == "12"
+    assert id_of("a/b/12.png", "name") == "12.png"
+    assert id_of("a/b/12.png", "relpath") == "a/b/12.png"
+    with pytest.raises(SourceError):
+        id_of("1.png", "path")
+
+
+def test_shards_partition_the_ids(tmp_path: Path):
+    names = [f"{i}.png" for i in range(1, 201)]
+    _touch(tmp_path, *names)
+    full = list_items(tmp_path)
+    parts = [list_items(tmp_path, shard=(i, 3)) for i in (1, 2, 3)]
+    ids = [i for p in parts for i in p.ids]
+    assert sorted(ids, key=int) == full.ids and len(set(ids)) == len(ids)  # no gap, no overlap
+    assert all(40 < len(p) < 100 for p in parts)  # roughly balanced
+    assert all(p.total_ids == 200 and p.ids_digest == full.ids_digest for p in parts)
+    # Deterministic: the same id always lands in the same shard.
+    assert all(in_shard(i, (k + 1, 3)) for k, p in enumerate(parts) for i in p.ids)
+
+
+@pytest.mark.parametrize("text", ["0/3", "4/3", "1", "a/b", "1/0"])
+def test_bad_shard(text):
+    with pytest.raises(SourceError, match="--shard"):
+        parse_shard(text)
+
+
+def test_parse_shard():
+    assert parse_shard("2/5") == (2, 5)
