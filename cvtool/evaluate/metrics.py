@@ -121,13 +121,15 @@ def reliability_bins(y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BI
     y_true = np.asarray(y_true, dtype=np.int64)
     conf = probs.max(axis=1) if len(probs) else np.zeros(0)
     correct = (probs.argmax(axis=1) == y_true) if len(probs) else np.zeros(0, bool)
-    # ceil(conf * n) - 1 puts conf exactly on an upper edge into the lower bin: (lo, hi].
-    b = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # Number of inner edges strictly below conf: a value exactly on an edge goes to the lower
+    # bin, (lo, hi]; confidence 0 (impossible for a softmax) would land in the first bin.
+    b = np.searchsorted(edges[1:-1], conf, side="left")
     count = np.bincount(b, minlength=n_bins)
     conf_sum = np.bincount(b, weights=conf, minlength=n_bins)
     acc_sum = np.bincount(b, weights=correct.astype(np.float64), minlength=n_bins)
     return {
-        "edges": np.linspace(0.0, 1.0, n_bins + 1).tolist(),
+        "edges": edges.tolist(),
         "count": count.tolist(),
         "confidence": [float(s / c) if c else None for s, c in zip(conf_sum, count, strict=True)],
         "accuracy": [float(s / c) if c else None for s, c in zip(acc_sum, count, strict=True)],

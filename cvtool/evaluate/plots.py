@@ -204,8 +204,7 @@ def plot_mosaic(
     fig_w = min(max(sum(widths) * scale + 0.6 * len(panels), 4.0), 30.0)
     fig_h = min(max(height * scale + 0.9, 3.0), 30.0)
     fig, axes = plt.subplots(1, len(panels), figsize=(fig_w, fig_h), squeeze=False, width_ratios=widths)
-    cm = matplotlib.colormaps[cmap].copy()
-    cm.set_bad("white")
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="white")
     for ax, (mosaic, title) in zip(axes.flat, panels, strict=True):
         if mosaic.ndim == 3:  # RGB in [0, 1]; gaps white
             mosaic = np.where(np.isnan(mosaic), 1.0, mosaic)
