@@ -1,0 +1,57 @@
+"""PyTorch vs ONNX Runtime on real image files, through the shared preprocessing.
+
+`cvtool export --verify DIR` decodes DIR's images once with the card's preprocessing
+(`cvtool.images`, the same code predict runs) and feeds the same batches to the PyTorch network
+and to the exported file, so a difference can only come from the export.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cvtool.contract import ModelCard
+from cvtool.export.onnx_export import ExportError
+from cvtool.onnxtools.compare import Comparison, ProbFn, compare_predictions
+
+__all__ = ["VerifyError", "torch_probs", "verify_against_torch"]
+
+
+class VerifyError(ExportError):
+    """The exported file disagrees with PyTorch on the verification images.
+
+    `summary` holds what export_checkpoint measured, `summary["verify"]` the Comparison.
+    """
+
+    def __init__(self, message: str, summary: dict[str, Any]):
+        super().__init__(message)
+        self.summary = summary
+
+
+def torch_probs(net: torch.nn.Module) -> ProbFn:
+    """(N, C, H, W) float32 numpy → (N, K) softmax probabilities from `net` in eval mode."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(net(torch.from_numpy(x)).float(), dim=1).numpy()
+
+    return run
+
+
+def verify_against_torch(
+    net: torch.nn.Module,
+    onnx_path: str | os.PathLike,
+    card: ModelCard,
+    files: Sequence[Path],
+    labels: Sequence[int] | None = None,
+) -> Comparison:
+    """Compare `net` (reference) with the ONNX file (candidate) on `files`."""
+    from cvtool.infer.session import open_model
+
+    model = open_model(onnx_path, device="cpu")
+    return compare_predictions(files, card, torch_probs(net.eval()), model.run, labels)
