@@ -132,13 +132,7 @@ def evaluate(
     console.print(f"{wrong} misclassified; most confused: " + (
         ", ".join(f"{t} → {p} ({n})" for t, p, n in r["most_confused"][:3]) or "none"
     ))  # fmt: skip
-    written = ["metrics.json", "per_image.csv", "confusion_matrix*.png", "reliability.png"]
-    if failures:
-        written += ["failures/", "failures.csv", "top_losses.png"]
-    if occlusion:
-        written.append("occlusion/")
-    if report:
-        written.append("report.html")
+    written = r["files"]
     console.print(f"results in {out}/: {', '.join(written)}")
     for reason, n in sorted(r["skipped_files"].items()):
         console.print(f"skipped {n} file(s): {reason}")

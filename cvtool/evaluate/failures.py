@@ -4,15 +4,13 @@
     failures.csv                                                  every failure, sorted by loss
     top_losses.png                                                a titled grid of the worst ones
 
-The folder is built beside the old one and swapped in, so it never mixes two runs.
+failures/ is built beside the old one and swapped in, so it never mixes two runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cvtool.contract import ModelCard
-from cvtool.evaluate.outputs import safe_filename, write_csv
+from cvtool.evaluate.outputs import fresh_dir, safe_filename, write_csv
 from cvtool.evaluate.plots import plot_image_grid
 from cvtool.images import ImageError, load_image, resize_and_crop
 
@@ -92,17 +90,8 @@ def write_failures(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     top = list(failures[:k])
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".failures."))
-    try:
+    with fresh_dir(out, "failures") as tmp:
         rel = _copy_tree(top, class_names, tmp)
-        final = out / "failures"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
-        raise
     write_csv(
         out / "failures.csv",
         ["rank", "path", "true", "pred", "loss", "p_true", "p_pred", "copy"],
@@ -121,6 +110,7 @@ def write_failures(
         ],
     )
     gallery = None
+    (out / "top_losses.png").unlink(missing_ok=True)  # a previous run's gallery must not linger
     shown = top[:GALLERY_MAX]
     if shown:
         images, titles = [], []

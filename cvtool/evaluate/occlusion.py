@@ -195,7 +195,9 @@ def save_occlusion(
         # Overlay what matters: how much occluding each pixel lowers p(target).
         drop = np.clip(p0 - pmap, 0, None)
         row[3].imshow(img, cmap="gray" if gray else None, vmin=0, vmax=255)
-        im = row[3].imshow(drop, cmap="jet", alpha=0.45, vmin=0, vmax=max(float(drop.max()), 1e-6))
+        # Opacity grows with the drop, so pixels that do not matter show the plain image.
+        scaled = drop / max(float(drop.max()), 1e-12)
+        im = row[3].imshow(drop, cmap="jet", vmin=0, vmax=max(float(drop.max()), 1e-12), alpha=0.7 * scaled)
         row[3].set_title(f"drop in p({short}) (max {drop.max():.3f})", fontsize=9)
         plt.colorbar(im, ax=row[3], fraction=0.046, pad=0.04)
         for ax in row:
@@ -210,8 +212,9 @@ def save_occlusion(
 
 
 def default_window(input_size: tuple[int, int]) -> int:
-    """7 pixels (the classic setting for 28×28 digits), or 1/8 of the shorter side when larger."""
-    return max(7, round(min(input_size) / 8))
+    """7 pixels (the classic setting for 28×28 digits), or 1/8 of the shorter side when larger;
+    never more than the input itself."""
+    return min(max(7, round(min(input_size) / 8)), min(input_size))
 
 
 def default_stride(window: int) -> int:

@@ -39,7 +39,7 @@ from cvtool.evaluate.occlusion import (
     save_occlusion,
     summary_row,
 )
-from cvtool.evaluate.outputs import safe_filename, write_csv
+from cvtool.evaluate.outputs import fresh_dir, safe_filename, write_csv
 from cvtool.evaluate.plots import plot_confusion_matrix, plot_reliability
 from cvtool.images import ImageError
 from cvtool.infer.pipeline import predict_files
@@ -117,22 +117,22 @@ def _occlusion_maps(
     total = len(picks) * num_positions(model.card.input_size, window, stride)
     advance = on_task("occlusion", total) if on_task else None
     entries, rows, failed = [], [], {}
-    folder = out / "occlusion"
-    for name, path, t, q in picks:
-        try:
-            shown, res = occlude_file(
-                model.run, path, model.card, window, stride, baseline, batch_size, advance
-            )
-        except ImageError as e:
-            failed[path] = e.reason
-            continue
-        targets = [t] if t == q else [t, q]
-        caption = f"{path.name}: true {names[t]}, predicted {names[q]} (p = {res.p0[q]:.3f})"
-        files = save_occlusion(folder, name, shown, res, targets, names, caption)
-        for k in targets:
-            rows.append(summary_row(name, path, res, k, names[k], files))
-        entries.append({"name": name, "caption": caption, "png": files["png"]})
-    write_csv(folder / "occlusion.csv", OCCLUSION_CSV_HEADER, rows)
+    with fresh_dir(out, "occlusion") as folder:
+        for name, path, t, q in picks:
+            try:
+                shown, res = occlude_file(
+                    model.run, path, model.card, window, stride, baseline, batch_size, advance
+                )
+            except ImageError as e:
+                failed[path] = e.reason
+                continue
+            targets = [t] if t == q else [t, q]
+            caption = f"{path.name}: true {names[t]}, predicted {names[q]} (p = {res.p0[q]:.3f})"
+            files = save_occlusion(folder, name, shown, res, targets, names, caption)
+            for k in targets:
+                rows.append(summary_row(name, path, res, k, names[k], files))
+            entries.append({"name": name, "caption": caption, "png": out / "occlusion" / files["png"].name})
+        write_csv(folder / "occlusion.csv", OCCLUSION_CSV_HEADER, rows)
     return entries, failed
 
 
@@ -201,7 +201,18 @@ def evaluate(
     plot_reliability(bins, m.get("expected_calibration_error", 0.0), out / "reliability.png")
 
     ranked = rank_failures(preds.paths, y_true, probs, loss)
+    files = [
+        "metrics.json",
+        "per_image.csv",
+        "confusion_matrix.csv",
+        "confusion_matrix.png",
+        "confusion_matrix_normalized.png",
+        "most_confused.csv",
+        "reliability.png",
+    ]
     fail_info = write_failures(out, ranked, names, model.card, failures) if failures > 0 else None
+    if fail_info:
+        files += ["failures/", "failures.csv"] + (["top_losses.png"] if fail_info["gallery"] else [])
 
     occ_entries: list[dict[str, Any]] = []
     failed = dict(preds.failed)
@@ -228,6 +239,7 @@ def evaluate(
             model, out, picks, window, stride, baseline, batch_size, on_task
         )
         failed.update(occ_failed)
+        files.append("occlusion/")
         m["occlusion"] = {
             "window": window,
             "stride": stride,
@@ -238,6 +250,7 @@ def evaluate(
     atomic_write_text(out / "metrics.json", json.dumps(m, indent=2, ensure_ascii=False))
     if failed:
         write_csv(out / "failed_images.csv", ["path", "reason"], [[str(p), r] for p, r in failed.items()])
+        files.append("failed_images.csv")
     if report:
         from cvtool.evaluate.report import write_report
 
@@ -250,8 +263,10 @@ def evaluate(
             gallery=fail_info["gallery"] if fail_info else None,
             occlusion=occ_entries,
         )
+        files.append("report.html")
     m["confusion_matrix"] = cm
     m["failed"] = failed
     m["most_confused"] = confused
     m["failures"] = ranked
+    m["files"] = files  # names written in out_dir by this run
     return m
