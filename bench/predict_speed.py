@@ -137,7 +137,14 @@ def model_only(model_path: Path, batch: int, n: int, threads: int | None, spinni
     return done / (time.perf_counter() - t0)
 
 
-def end_to_end(model_path: Path, folder: Path, batch: int, workers: int | None, threads: int | None) -> float:
+def end_to_end(
+    model_path: Path,
+    folder: Path,
+    batch: int,
+    workers: int | None,
+    threads: int | None,
+    spinning: bool | None = None,
+) -> float:
     """images/s of what `cvtool predict` does after start-up: open, list, decode, run, write the CSV."""
     from cvtool.infer.ensemble import Ensemble
     from cvtool.infer.predict import predict_to_file
@@ -146,7 +153,7 @@ def end_to_end(model_path: Path, folder: Path, batch: int, workers: int | None, 
 
     out = Path(tempfile.mkdtemp()) / "sub.csv"
     t0 = time.perf_counter()
-    ens = Ensemble([open_model(model_path, device="cpu", threads=threads)])
+    ens = Ensemble([open_model(model_path, device="cpu", threads=threads, spinning=spinning)])
     items = list_items(folder)
     result = predict_to_file(ens, items, out, batch_size=batch, workers=workers)
     dt = time.perf_counter() - t0

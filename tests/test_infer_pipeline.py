@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers_predict import image_folder, linear_onnx, mirror_symmetric_image, noise_image
 
+from cvtool.contract import ModelCard
 from cvtool.images import ImageError, load_and_preprocess, load_image, preprocess
 from cvtool.infer.ensemble import Ensemble, EnsembleError
 from cvtool.infer.pipeline import decode_batches, decode_only, predict_files, run_batches
@@ -171,6 +172,30 @@ def test_tta_views(lin):
     assert views(img, stretch, "flip+crops").shape == (10, 3, 16, 16)
     with pytest.raises(ValueError, match="unknown TTA mode"):
         num_views("rotate")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"channels": 1, "mean": (0.3,), "std": (0.2,)},
+        {"resize": "stretch", "input_size": (20, 12)},
+        {"interpolation": "bicubic", "crop_pct": 0.6, "input_size": (9, 14)},
+        {"scale": 1.0, "mean": (120.0, 110.0, 100.0), "std": (60.0, 61.0, 62.0), "interpolation": "nearest"},
+    ],
+)
+def test_pipeline_views_are_bit_identical_to_preprocess(fields):
+    """The pipeline's normalisation writes into the batch buffer; it must equal preprocess() exactly."""
+    base = dict(class_names=NAMES, input_size=(16, 16), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    card = ModelCard(**{**base, **fields})
+    rng = np.random.default_rng(11)
+    for w, h in ((37, 23), (16, 16), (9, 40)):
+        img = noise_image(rng, w, h, mode="L" if card.channels == 1 else "RGB")
+        ref = preprocess(img, card)
+        for mode in ("none", "flip", "flip+crops"):
+            got = views(img, card, mode)
+            assert got.dtype == np.float32 and got.flags.c_contiguous
+            np.testing.assert_array_equal(got[0], ref)
 
 
 def test_tta_flip_on_a_symmetric_image_equals_no_tta(lin, tmp_path):

@@ -27,7 +27,7 @@ from cvtool.contract import ModelCard
 from cvtool.images import ImageError, load_image
 from cvtool.infer.ensemble import Ensemble
 from cvtool.infer.session import OnnxModel
-from cvtool.infer.tta import num_views, views
+from cvtool.infer.tta import num_views, views_into
 
 __all__ = [
     "Batch",
@@ -83,7 +83,7 @@ def _decode_batch(
         try:
             row = len(ok)
             for buf, card in zip(bufs, cards, strict=True):
-                buf[row] = views(load_image(p, card), card, tta)
+                views_into(load_image(p, card), card, tta, buf[row])
             ok.append(i)
         except ImageError as e:
             failed.append((i, e.reason))
