@@ -3,8 +3,9 @@
 A checkpoint is a plain dict of tensors and builtins, so `torch.load(weights_only=True)` can read
 it without unpickling arbitrary objects:
 
-    format, version, arch, card (ModelCard.to_dict()), model (state_dict), epoch, metrics,
-    config, and when resuming is possible: optimizer, scheduler, rng.
+    format, version, arch, arch_kwargs (e.g. dropout), card (ModelCard.to_dict()), model
+    (state_dict), epoch, metrics, config, frozen (names of parameters not training when saved),
+    and for `--resume`: optimizer, scheduler, scaler, rng, history, tracker.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[nn.Module, ModelCard]:
     """Rebuild the network and its card from a loaded checkpoint (eval mode, CPU)."""
     card = ModelCard.from_dict(ckpt["card"])
-    model = create_model(ckpt["arch"], card.num_classes, card.channels, card.input_size)
+    kwargs = ckpt.get("arch_kwargs") or {}
+    try:
+        model = create_model(ckpt["arch"], card.num_classes, card.channels, card.input_size, **kwargs)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"cannot rebuild the network: {e}") from e
     model.load_state_dict(ckpt["model"])
     return model.eval(), card
