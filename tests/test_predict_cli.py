@@ -248,3 +248,24 @@ def test_auto_uses_the_cpu_without_onnxruntime_error_lines(setup, tmp_path):
     assert "on CPUExecutionProvider" in r.stdout
     noise = re.compile(r"onnxruntime|Failed to|EP Error|error|warning|libcu", re.IGNORECASE)
     assert not [line for line in (r.stdout + r.stderr).splitlines() if noise.search(line)]
+
+
+def test_shards_with_a_sample_file(setup, tmp_path):
+    """Each shard checks its share of the sample's ids; the merge restores the sample's order."""
+    model, test = setup
+    sample = tmp_path / "sample.csv"
+    sample.write_text("Id,Expected\n" + "".join(f"{i},x\n" for i in IDS[::-1]))
+    full = tmp_path / "full.csv"
+    assert _predict(test, "-m", model, "-o", full, "--sample-submission", sample).exit_code == 0
+    parts = []
+    for i in (1, 2):
+        part = tmp_path / f"part{i}.csv"
+        r = _predict(test, "-m", model, "-o", part, "--sample-submission", sample, "--shard", f"{i}/2")
+        assert r.exit_code == 0, r.output
+        parts.append(part)
+    merged = tmp_path / "merged.csv"
+    r = runner.invoke(app, ["merge", *map(str, parts), "-o", str(merged), "--sample-submission", str(sample)])
+    assert r.exit_code == 0, r.output
+    assert merged.read_text() == full.read_text()
+    r = runner.invoke(app, ["merge", str(parts[0]), "-o", str(merged), "--sample-submission", str(sample)])
+    assert r.exit_code == 2 and "have no image" in r.output  # the other shard's ids are missing

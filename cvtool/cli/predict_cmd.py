@@ -168,15 +168,12 @@ def predict(
     for reason, n in sorted(items.skipped.items()):
         console.print(f"skipped {n} file(s): {reason}")
     if r.failed:
-        what = {"fill": "filled with the most-predicted class", "skip": "left out"}.get(on_error)
-        if what is None:
-            err_console.print(
-                f"{len(r.failed)} image(s) could not be read; nothing written (--on-error fail)"
-            )
-        err_console.print(
-            f"{len(r.failed)} image(s) could not be read" + (f" ({what})" if what else "")
-            + f"; listed in {r.failures_file}"
-        )  # fmt: skip
+        what = {
+            "fill": "filled with the most-predicted class",
+            "skip": "left out",
+            "fail": "nothing written (--on-error fail)",
+        }[on_error]
+        err_console.print(f"{len(r.failed)} image(s) could not be read ({what}); listed in {r.failures_file}")
         for p, reason in r.failed[:5]:
             err_console.print(f"  {p}: {reason}")
         raise typer.Exit(1)
