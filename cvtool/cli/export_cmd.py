@@ -96,9 +96,11 @@ def export(
         f"{info['card'].num_classes} classes, {_mb(info['bytes'])}); random inputs: "
         f"max |Δprob| float32 vs PyTorch {info['max_abs_prob_diff']:.1e}"
     )
-    if info["quantize"] is not None:
-        console.print(f"quantized: {info['quantize']['settings'].describe()}")
     failed: dict = {}
+    if info["quantize"] is not None:
+        q = info["quantize"]
+        console.print(f"quantized: {q['settings'].describe()}, calibrated on {q['calibrated']} images")
+        failed.update(q["failed"])
     if info["verify"] is not None:
         console.print(f"verify (PyTorch vs ONNX float32) on {info['verify'].describe('PyTorch', 'ONNX')}")
         failed.update(info["verify"].failed)
@@ -106,7 +108,7 @@ def export(
         low = names[precision]
         console.print(f"{low} vs float32 on {info['reduced'].describe('float32', low)}")
     if failed:
-        err_console.print(f"{len(failed)} verification image(s) could not be read:")
+        err_console.print(f"{len(failed)} calibration/verification image(s) could not be read:")
         for p, reason in list(failed.items())[:10]:
             err_console.print(f"  {p}: {reason}")
         raise typer.Exit(1)
