@@ -97,8 +97,10 @@ def occlude(
     p0 = run(x[None])[0]
     positions = [(y, xx) for y in ys for xx in xs]
     out = np.empty((len(positions), len(p0)), dtype=np.float32)
-    for start in range(0, len(positions), batch_size):
-        chunk = positions[start : start + batch_size]
+    # Equal batches (e.g. 57 + 56 + 56 + 56, not 64 + 64 + 64 + 33): no small, inefficient last call.
+    step = math.ceil(len(positions) / math.ceil(len(positions) / batch_size))
+    for start in range(0, len(positions), step):
+        chunk = positions[start : start + step]
         batch = np.repeat(x[None], len(chunk), axis=0)  # (n, C, H, W)
         for b, (y, xx) in enumerate(chunk):
             batch[b, :, y : y + wh, xx : xx + ww] = base[:, y : y + wh, xx : xx + ww]
