@@ -38,7 +38,7 @@ def quantize(
     quant_format: str = typer.Option("qdq", "--format", help="qdq or qoperator."),
     activations: str = typer.Option("uint8", help="Activation type: uint8 or int8."),
     reduce_range: bool = typer.Option(
-        True, "--reduce-range/--full-range", help="7-bit weights: exact on CPUs without VNNI."
+        True, "--reduce-range/--full-range", help="7-bit weights: no overflow on CPUs without VNNI."
     ),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Weight scales per channel."),
     method: str = typer.Option("minmax", help="Calibration: minmax, entropy or percentile."),
