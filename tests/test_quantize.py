@@ -140,6 +140,13 @@ def test_export_int8_in_one_go(fp32, shapes_train, eval_set, tmp_path):
     assert "INT8 vs float32 on 150 images" in r.output
     r = runner.invoke(app, ["export", str(ckpt), "-o", str(out), "--int8"])
     assert r.exit_code == 2 and "--calib" in r.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = runner.invoke(
+        app, ["export", str(ckpt), "-o", str(tmp_path / "x.onnx"), "--int8", "--calib", str(empty)]
+    )
+    assert r.exit_code == 2 and "no image files found for calibration" in r.output
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_fixed_batch_model_without_card(shapes_train, eval_set, tmp_path):

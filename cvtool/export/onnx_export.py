@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import torch
 
+from cvtool.atomic import atomic_write_bytes
 from cvtool.contract import ModelCard
 from cvtool.onnxtools.card_edit import write_card
 from cvtool.onnxtools.model_file import save_onnx
@@ -141,6 +142,7 @@ def export_checkpoint(
     """
     from cvtool.export.verify import VerifyError, verify_against_torch
     from cvtool.onnxtools.compare import Comparison, compare_predictions, verification_set
+    from cvtool.onnxtools.quantize import calibration_files, quantize_model
 
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -152,6 +154,7 @@ def export_checkpoint(
     net, card = model_from_checkpoint(ckpt)
     # Fail on unusable folders before the (slow) export.
     verify_set = verification_set(verify_dir, card.class_names, verify_labels) if verify_dir else None
+    calib = calibration_files(calib_dir, calib_n) if precision == "int8" else []
     model, max_delta = export_onnx(net, card, opset, batch)
     summary: dict[str, Any] = {
         "path": str(out_path),
@@ -197,13 +200,9 @@ def export_checkpoint(
                 raise ExportError(f"the float16 graph fails onnx.checker: {e}") from e
             save_onnx(half, reduced_path)
         else:
-            from cvtool.onnxtools.quantize import calibration_files, quantize_model
-
-            files = calibration_files(calib_dir, calib_n)
-            say(f"calibrating INT8 on {len(files)} images from {calib_dir}")
-            q = quantize_model(fp32_path, reduced_path, files, settings=quant_settings)
+            say(f"calibrating INT8 on {len(calib)} images from {calib_dir}")
+            q = quantize_model(fp32_path, reduced_path, calib, settings=quant_settings)
             summary["quantize"], summary["card"] = {**q, "path": out_path}, q["card"]
-        ref = open_model(fp32_path, device="cpu")
         low = open_model(reduced_path, device="cpu")
         x = np.random.default_rng(0).normal(size=(batch or 3, card.channels, *card.input_size))
         x = x.astype(np.float32)
@@ -212,10 +211,9 @@ def export_checkpoint(
             raise ExportError(f"the {precision} graph produces non-finite outputs (overflow)")
         if verify_set is not None:
             say(f"comparing {precision} with float32 on {len(verify_set[0])} images")
+            ref = open_model(fp32_path, device="cpu")
             summary["reduced"] = compare_predictions(verify_set[0], card, ref.run, low.run, verify_set[1])
         data = reduced_path.read_bytes()
-    from cvtool.atomic import atomic_write_bytes
-
     atomic_write_bytes(out_path, data)
     summary["bytes"] = len(data)
     return summary
