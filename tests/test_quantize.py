@@ -184,6 +184,21 @@ def test_refusals_and_unreadable_images(fp32, int8, shapes_train, tmp_path):
     assert r.exit_code == 2 and "no image files" in r.output and str(empty) in r.output
     r = runner.invoke(app, ["quantize", str(fp32), "--calib", str(shapes_train), "-o", str(fp32)])
     assert r.exit_code == 2 and "must differ" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(fp32),
+            "--calib",
+            str(shapes_train),
+            "-o",
+            str(tmp_path / "y.onnx"),
+            "--verify",
+            str(empty),
+        ],
+    )
+    assert r.exit_code == 2 and "no image files" in r.output
+    assert not (tmp_path / "y.onnx").exists()  # checked before calibrating
 
     calib = tmp_path / "calib"
     make_image_folder(calib, per_class=2)

@@ -59,8 +59,9 @@ def quantize(
     """Quantize MODEL to INT8 (static QDQ), calibrated through the model card's preprocessing."""
     from cvtool.data import DataError
     from cvtool.infer.session import DeviceError, ModelError, open_model
+    from cvtool.onnxtools.card_edit import card_for_model, read_card
     from cvtool.onnxtools.compare import compare_predictions, throughput, verification_set
-    from cvtool.onnxtools.model_file import OnnxFileError
+    from cvtool.onnxtools.model_file import OnnxFileError, load_onnx
     from cvtool.onnxtools.quantize import QuantizeError, QuantSettings, calibration_files, quantize_model
 
     if labels is not None and verify is None:
@@ -74,7 +75,16 @@ def quantize(
         raise fail("--output must differ from MODEL (the float32 file is the reference)")
     ov = card_overrides(classes, size, channels, mean, std, resize, interpolation)
     try:
+        # Resolve the card and check both folders before the (slow) calibration.
+        proto = load_onnx(model)
+        card = card_for_model(proto, ov, model)
+        if read_card(proto) is None and not ov:
+            err_console.print(
+                f"warning: {model} carries no cvtool card; calibrating with default preprocessing"
+            )
+        verify_set = verification_set(verify, card.class_names, labels) if verify is not None else None
         files = calibration_files(calib, calib_n)
+        del proto
         with progress_bar() as progress:
             task = progress.add_task("calibrate", total=len(files))
             q = quantize_model(
@@ -82,27 +92,23 @@ def quantize(
             )
     except (DataError, OnnxFileError, QuantizeError) as e:
         raise fail(str(e)) from None
-    card = q["card"]
-    if not q["had_card"] and not ov:
-        err_console.print(f"warning: {model} carries no cvtool card; calibrated with default preprocessing")
     if verbose:
         console.print("card:")
-        console.print(card.describe())
+        console.print(q["card"].describe())
     console.print(
         f"wrote {output} ({q['bytes_in'] / 1e6:.1f} MB → {q['bytes_out'] / 1e6:.1f} MB): "
         f"{settings.describe()}, calibrated on {q['calibrated']} images from {calib}"
     )
     failed = dict(q["failed"])
     try:
-        if verify is not None or bench:
+        if verify_set is not None or bench:
             n_threads = threads or os.cpu_count() or 1
             ref = open_model(model, device="cpu", overrides=ov, threads=n_threads)
             low = open_model(output, device="cpu", threads=n_threads)
-        if verify is not None:
-            paths, ys = verification_set(verify, card.class_names, labels)
+        if verify_set is not None:
             with progress_bar() as progress:
                 progress.add_task("verify", total=None)
-                comp = compare_predictions(paths, card, ref.run, low.run, ys)
+                comp = compare_predictions(verify_set[0], card, ref.run, low.run, verify_set[1])
             console.print(f"INT8 vs float32 on {comp.describe('float32', 'INT8')}")
             failed.update(comp.failed)
         if bench:
