@@ -243,13 +243,16 @@ def cmd_fmnist(args) -> None:
     workers = args.workers or 2
     dec = best_of(lambda: decode_only(folder, card, workers), args.repeat)
     e2e = best_of(lambda: end_to_end(model, folder, args.batch, workers, args.threads), args.repeat)
+    # Shown for context: when the model alone is not much faster than decoding, the two share the
+    # cores and the ratio falls with the model's share of the work.
+    mo = best_of(lambda: model_only(model, args.batch, 10000, args.threads, None), args.repeat)
     n = sum(1 for _ in folder.iterdir())
     print(f"\n### predict speed, Fashion-MNIST test ({n} PNGs 28×28), {model.name}, batch {args.batch}")
     print(f"\n- machine: {machine()}")
     print(f"- command: `python bench/predict_speed.py fmnist {' '.join(sys.argv[2:])}`\n")
-    print("| decode-only img/s | end-to-end img/s | ratio (≥ 0.7) |")
-    print("|---|---|---|")
-    print(f"| {dec:.0f} | {e2e:.0f} | {e2e / dec:.2f} |")
+    print("| decode-only img/s | end-to-end img/s | ratio (≥ 0.7) | model-only img/s |")
+    print("|---|---|---|---|")
+    print(f"| {dec:.0f} | {e2e:.0f} | {e2e / dec:.2f} | {mo:.0f} |")
 
 
 def cmd_tune(args) -> None:
