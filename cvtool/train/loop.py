@@ -45,7 +45,11 @@ __all__ = ["TrainConfig", "train", "config_from_checkpoint"]
 
 @dataclass
 class Tracker:
-    """Best value of the monitored metric so far, and epochs since it last improved."""
+    """Best value of the monitored metric so far, and epochs since it last improved.
+
+    best.pt follows `monitor`, ties in accuracy going to the lower loss (common on small
+    validation sets); early stopping counts epochs without a strict improvement of `monitor`.
+    """
 
     monitor: str
     best_acc: float = -1.0
@@ -54,16 +58,16 @@ class Tracker:
     wait: int = 0
 
     def update(self, epoch: int, val_loss: float, val_acc: float) -> bool:
+        """Record an epoch; True when it is the new best (save best.pt)."""
         if self.monitor == "val_acc":
-            # Ties in accuracy (common on small validation sets) go to the lower loss.
-            improved = val_acc > self.best_acc or (val_acc == self.best_acc and val_loss < self.best_loss)
+            strict = val_acc > self.best_acc
+            best = strict or (val_acc == self.best_acc and val_loss < self.best_loss)
         else:
-            improved = val_loss < self.best_loss
-        if improved:
-            self.best_acc, self.best_loss, self.best_epoch, self.wait = val_acc, val_loss, epoch, 0
-        else:
-            self.wait += 1
-        return improved
+            strict = best = val_loss < self.best_loss
+        self.wait = 0 if strict else self.wait + 1
+        if best:
+            self.best_acc, self.best_loss, self.best_epoch = val_acc, val_loss, epoch
+        return best
 
 
 def _seed_all(seed: int) -> None:

@@ -1,0 +1,44 @@
+"""`cvtool summary`: a Keras-style table of a checkpoint or an ONNX file (the latter without torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cvtool.cli.common import app, console, fail, require_torch
+
+
+def _shape(shape) -> str:
+    return "?" if shape is None else "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+@app.command()
+def summary(
+    model: Path = typer.Argument(..., help="A cvtool checkpoint (.pt) or an ONNX file (.onnx)."),
+) -> None:
+    """Layers, output shapes and parameter counts, with totals."""
+    if model.suffix.lower() != ".onnx":
+        require_torch()  # rebuilding a checkpoint's network needs PyTorch
+    from cvtool.summary import SummaryError, summarize
+
+    try:
+        s = summarize(model)
+    except (SummaryError, ValueError) as e:  # CheckpointError is a ValueError
+        raise fail(str(e)) from None
+    table = Table(title=f"{model}  input {_shape(s.input_shape)}", title_justify="left")
+    table.add_column("layer (type)")
+    table.add_column("output shape")
+    table.add_column("params", justify="right")
+    table.add_column("trainable", justify="center")
+    for r in s.rows:
+        trainable = "" if r.trainable is None else ("yes" if r.trainable else "no")
+        table.add_row(f"{r.name} ({r.kind})", _shape(r.output_shape), f"{r.params:,}", trainable)
+    console.print(table)
+    console.print(f"total params: {s.total:,}")
+    if s.trainable is not None:
+        console.print(f"trainable params: {s.trainable:,}")
+        console.print(f"non-trainable params: {s.non_trainable:,}")
+    for note in s.notes:
+        console.print(f"note: {note}")
