@@ -96,9 +96,7 @@ def onnx_summary(path: str | os.PathLike) -> Summary:
         if n.op_type in ("DequantizeLinear", "DynamicQuantizeLinear") and n.input
     }
     weights = {
-        t.name: math.prod(t.dims)
-        for t in graph.initializer
-        if t.data_type in _FLOATS or t.name in quantized
+        t.name: math.prod(t.dims) for t in graph.initializer if t.data_type in _FLOATS or t.name in quantized
     }
     init_names = {t.name for t in graph.initializer}
     real_inputs = [i for i in graph.input if i.name not in init_names]
@@ -117,6 +115,8 @@ def onnx_summary(path: str | os.PathLike) -> Summary:
     if any(n.op_type == "Conv" for n in graph.node) and not any(
         n.op_type == "BatchNormalization" for n in graph.node
     ):
-        summary.notes.append("no BatchNormalization nodes: batch-norm, if the network had any, is folded into the convolutions")
+        summary.notes.append(
+            "no BatchNormalization nodes: batch-norm, if the network had any, is folded into the convolutions"
+        )
     summary.notes.append("an ONNX graph does not record which parameters were trainable")
     return summary
