@@ -269,3 +269,19 @@ def test_shards_with_a_sample_file(setup, tmp_path):
     assert merged.read_text() == full.read_text()
     r = runner.invoke(app, ["merge", str(parts[0]), "-o", str(merged), "--sample-submission", str(sample)])
     assert r.exit_code == 2 and "have no image" in r.output  # the other shard's ids are missing
+
+
+def test_a_clean_rerun_removes_the_old_failure_list(setup, tmp_path):
+    model, _ = setup
+    test = image_folder(tmp_path / "t", ["1", "2"], seed=5)
+    (test / "3.png").write_bytes(b"")
+    out = tmp_path / "s.csv"
+    r = _predict(test, "-m", model, "-o", out)
+    assert (
+        r.exit_code == 1 and "1 image(s) could not be read (filled with the most-predicted class)" in r.output
+    )
+    assert read_csv(tmp_path / "s.failures.csv")[1][1] == "empty file"
+    assert [x[0] for x in read_csv(out)[1:]] == ["1", "2", "3"]
+    (test / "3.png").unlink()
+    assert _predict(test, "-m", model, "-o", out).exit_code == 0
+    assert not (tmp_path / "s.failures.csv").exists()

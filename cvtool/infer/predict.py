@@ -21,7 +21,8 @@ from cvtool.atomic import atomic_write_text
 from cvtool.infer.ensemble import Ensemble
 from cvtool.infer.formats import Collector, FormatError, OutputSpec, SampleSubmission, format_for, write_rows
 from cvtool.infer.pipeline import run_batches
-from cvtool.infer.shard import write_sidecar
+from cvtool.infer.session import OnnxModel
+from cvtool.infer.shard import sidecar_path, write_sidecar
 from cvtool.infer.sources import Items, in_shard
 
 __all__ = ["ON_ERROR", "PredictResult", "failures_path", "predict_to_file"]
@@ -59,7 +60,7 @@ def _write_failures(path: Path, failed: list[tuple[Path, str]]) -> None:
 
 
 def predict_to_file(
-    model: Ensemble,
+    model: Ensemble | OnnxModel,
     items: Items,
     output: str | os.PathLike,
     spec: OutputSpec | None = None,
@@ -83,6 +84,7 @@ def predict_to_file(
     write nothing (`fail`); either way they are listed in `<output>.failures.csv`.
     """
     output = Path(output)
+    model = model if isinstance(model, Ensemble) else Ensemble([model])
     spec = spec or OutputSpec()
     if on_error not in ON_ERROR:
         raise FormatError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
@@ -132,6 +134,8 @@ def predict_to_file(
     if failed:
         result.failures_file = failures_path(output)
         _write_failures(result.failures_file, failed)
+    else:  # a list left by an earlier run would now be wrong
+        failures_path(output).unlink(missing_ok=True)
     if failed and on_error == "fail":
         return result
     if on_error == "fill":
@@ -140,7 +144,9 @@ def predict_to_file(
     rows = (i for i in order if i not in skip)
     result.rows = write_rows(output, header, items.ids, coll, rows=rows, columns=value_order, fmt=fmt)
     result.output = output
-    if shard is not None:
+    if shard is None:  # a shard record left by an earlier run would mislead `merge`
+        sidecar_path(output).unlink(missing_ok=True)
+    else:
         result.sidecar = write_sidecar(
             output,
             {

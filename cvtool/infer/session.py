@@ -45,8 +45,8 @@ __all__ = [
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 
-# Images per model call when the user gives none: on the CPU, 32 is as fast per image as larger
-# batches (bench/RESULTS.md) and keeps memory small; GPUs need bigger batches to fill up.
+# Tensors per model call when the user gives none: on the CPU a batch of 32 already gives every
+# core whole convolutions to work on, and larger ones only cost memory; GPUs need more to fill up.
 _DEFAULT_BATCH = {"CPUExecutionProvider": 32, "CUDAExecutionProvider": 128, "TensorrtExecutionProvider": 128}
 
 # Where TensorRT keeps the engines it builds; building one takes minutes, loading it seconds.
@@ -171,8 +171,8 @@ def session_options(threads: int | None = None, spinning: bool | None = None) ->
 
     `threads`: ONNX Runtime's intra-op threads (default: its own choice, one per physical core).
     `spinning`: whether idle intra-op threads busy-wait for work. Off by default: between model
-    calls the decoding threads need those cores, and spinning threads would take them
-    (bench/RESULTS.md has the measurement).
+    calls the decoding threads need those cores, and spinning threads would take them. (On the
+    loaded 2-core machine of bench/RESULTS.md neither setting was measurably faster.)
     """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: warnings about unused initializers are noise

@@ -23,6 +23,7 @@ import numpy as np
 from cvtool.atomic import atomic_write
 from cvtool.data import natural_key
 from cvtool.infer.pipeline import Predictions
+from cvtool.infer.sources import id_sort_key
 
 __all__ = ["ON_ERROR", "SubmissionError", "submission_rows", "write_submission", "write_failures"]
 
@@ -31,12 +32,6 @@ ON_ERROR = ("fill", "skip", "fail")
 
 class SubmissionError(RuntimeError):
     """A submission could not be written as asked; the message says why."""
-
-
-def _id_key(ids: Sequence[str]):
-    if ids and all(i.isdecimal() for i in ids):
-        return int
-    return natural_key
 
 
 def submission_rows(
@@ -63,7 +58,7 @@ def submission_rows(
         raise SubmissionError(
             f"{len(dup)} duplicate id(s) such as {dup[:3]}: two files share a stem (e.g. 1.png and 1.jpg)"
         )
-    key = _id_key(ids)
+    key = id_sort_key(ids)
     rows.sort(key=lambda r: key(r[0]))
     return rows
 
