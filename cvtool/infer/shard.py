@@ -166,9 +166,12 @@ def merge_parts(
         infos = []
         for s in sidecars:
             try:
-                infos.append(json.loads(s.read_text(encoding="utf-8")))
-            except (OSError, ValueError) as e:
-                raise MergeError(f"{s}: unreadable shard record: {e}") from e
+                info = json.loads(s.read_text(encoding="utf-8"))
+                _, _ = info["shard"]
+                _ = info["ids_total"], info["ids_sha256"], info["ids_in_shard"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise MergeError(f"{s}: not a readable shard record ({type(e).__name__}: {e})") from e
+            infos.append(info)
         notes.append(_check_shards(paths, infos, ids, counts))
         order = [rows[i] for i in ids]
     buf = io.StringIO()
