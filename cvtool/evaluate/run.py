@@ -251,6 +251,8 @@ def evaluate(
     if failed:
         write_csv(out / "failed_images.csv", ["path", "reason"], [[str(p), r] for p, r in failed.items()])
         files.append("failed_images.csv")
+    else:
+        (out / "failed_images.csv").unlink(missing_ok=True)  # from an earlier run: not this one's
     if report:
         from cvtool.evaluate.report import write_report
 
