@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, shape_image
 from sklearn.utils.class_weight import compute_class_weight
 from typer.testing import CliRunner
 
@@ -284,3 +284,14 @@ def test_cli_lists_archs_and_rejects_bad_options(data, tmp_path):
     assert r.exit_code == 2 and "--optimizer must be one of sgd, adam, adamw" in r.output
     r = runner.invoke(app, ["train", str(data), "--amp", "bf16", "--device", "cpu", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "--amp needs a CUDA device" in r.output
+
+
+def test_val_dir_replaces_the_split_and_must_use_the_training_classes(data, tmp_path):
+    val = make_image_folder(tmp_path / "val", per_class=2, seed=9)
+    lines = []
+    train(cfg_for(data, tmp_path / "run", epochs=1, val_dir=str(val)), log=lines.append)
+    assert "data: 36 train / 6 val images, 3 classes" in lines
+    (val / "triangle").mkdir()
+    shape_image("circle", np.random.default_rng(0)).save(val / "triangle" / "0.png")
+    r = CliRunner().invoke(app, ["train", str(data), "--val-dir", str(val), "--out", str(tmp_path / "r2")])
+    assert r.exit_code == 2 and "['triangle'] are not classes" in r.output

@@ -23,26 +23,26 @@ def train(
     data: Path | None = typer.Argument(None, help="ImageFolder tree: DATA/<class>/<image>."),
     out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Run folder to write."),
     recipe: str | None = typer.Option(None, help="Named settings: fashion-mnist, fashion-mnist-long."),
-    arch: str | None = typer.Option(None, help="Architecture (see --list-archs) [default: simple_cnn]."),
-    dropout: float | None = typer.Option(None, help="Dropout rate [default: the arch's]."),
+    arch: str | None = typer.Option(None, help="Architecture (see --list-archs) (default: simple_cnn)."),
+    dropout: float | None = typer.Option(None, help="Dropout rate (default: the arch's)."),
     init: str | None = typer.Option(None, help="default, xavier, kaiming, normal or zeros."),
-    epochs: int | None = typer.Option(None, min=1, help="[default: 5]", rich_help_panel=_P),
+    epochs: int | None = typer.Option(None, min=1, help="(default: 5)", rich_help_panel=_P),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", "-b", min=1, help="Per process [default: 64].", rich_help_panel=_P
+        None, "--batch-size", "-b", min=1, help="Per process (default: 64).", rich_help_panel=_P
     ),
     optimizer: str | None = typer.Option(
-        None, help="sgd, adam or adamw [default: adam].", rich_help_panel=_P
+        None, help="sgd, adam or adamw (default: adam).", rich_help_panel=_P
     ),
     lr: float | None = typer.Option(
-        None, help="Learning rate (peak for onecycle) [default: 1e-3].", rich_help_panel=_P
+        None, help="Learning rate (peak for onecycle) (default: 1e-3).", rich_help_panel=_P
     ),
     weight_decay: float | None = typer.Option(
-        None, help="L2 penalty (decoupled for adamw) [default: 0].", rich_help_panel=_P
+        None, help="L2 penalty (decoupled for adamw) (default: 0).", rich_help_panel=_P
     ),
     momentum: float | None = typer.Option(
-        None, help="SGD momentum (Nesterov) [default: 0.9].", rich_help_panel=_P
+        None, help="SGD momentum (Nesterov) (default: 0.9).", rich_help_panel=_P
     ),
-    label_smoothing: float | None = typer.Option(None, help="[default: 0]", rich_help_panel=_P),
+    label_smoothing: float | None = typer.Option(None, help="(default: 0)", rich_help_panel=_P),
     class_weights: str | None = typer.Option(
         None, help="none or balanced (imbalanced data).", rich_help_panel=_P
     ),
@@ -50,20 +50,20 @@ def train(
         None, help="none, plateau, cosine, onecycle or step.", rich_help_panel=_P
     ),
     plateau_patience: int | None = typer.Option(
-        None, help="Epochs without improvement before the LR drops [default: 5].", rich_help_panel=_P
+        None, help="Epochs without improvement before the LR drops (default: 5).", rich_help_panel=_P
     ),
     plateau_factor: float | None = typer.Option(
-        None, help="LR multiplier on a plateau [default: 0.5].", rich_help_panel=_P
+        None, help="LR multiplier on a plateau (default: 0.5).", rich_help_panel=_P
     ),
     step_size: int | None = typer.Option(
-        None, help="step schedule: epochs per decay [default: 10].", rich_help_panel=_P
+        None, help="step schedule: epochs per decay (default: 10).", rich_help_panel=_P
     ),
     patience: int | None = typer.Option(
         None, help="Early stopping: epochs without improvement.", rich_help_panel=_P
     ),
     monitor: str | None = typer.Option(
         None,
-        help="val_acc or val_loss: best.pt, plateau, early stopping [default: val_acc].",
+        help="val_acc or val_loss: best.pt, plateau, early stopping (default: val_acc).",
         rich_help_panel=_P,
     ),
     augment: str | None = typer.Option(None, help="Preset: none, light or heavy.", rich_help_panel=_A),
@@ -83,15 +83,15 @@ def train(
     random_gray: float | None = typer.Option(
         None, help="Probability of a gray copy (RGB).", rich_help_panel=_A
     ),
-    val_split: float | None = typer.Option(None, help="Stratified validation fraction [default: 0.1]."),
+    val_split: float | None = typer.Option(None, help="Stratified validation fraction (default: 0.1)."),
     val_dir: Path | None = typer.Option(None, help="Validation ImageFolder tree instead of --val-split."),
-    seed: int | None = typer.Option(None, help="[default: 0]"),
-    size: int | None = typer.Option(None, help="Square input size [default: from the data]."),
-    channels: int | None = typer.Option(None, help="1 or 3 [default: from the data]."),
-    workers: int | None = typer.Option(None, help="DataLoader worker processes [default: 2]."),
+    seed: int | None = typer.Option(None, help="(default: 0)"),
+    size: int | None = typer.Option(None, help="Square input size (default: from the data)."),
+    channels: int | None = typer.Option(None, help="1 or 3 (default: from the data)."),
+    workers: int | None = typer.Option(None, help="DataLoader worker processes (default: 2)."),
     subset: int | None = typer.Option(None, help="Use at most N training images."),
     cache: bool | None = typer.Option(
-        None, "--cache/--no-cache", help="Keep decoded images in memory (small images) [default: no]."
+        None, "--cache/--no-cache", help="Keep decoded images in memory (small images) (default: no)."
     ),
     weights: str | None = typer.Option(
         None,
@@ -110,14 +110,14 @@ def train(
         None, help="Epoch from which the backbone trains too.", rich_help_panel=_T
     ),
     backbone_lr: float | None = typer.Option(
-        None, help="Backbone LR [default: lr/10 with --unfreeze-at, else lr].", rich_help_panel=_T
+        None, help="Backbone LR (default: lr/10 with --unfreeze-at, else lr).", rich_help_panel=_T
     ),
-    device: str | None = typer.Option(None, help="auto, cpu or cuda [default: auto].", rich_help_panel=_H),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda (default: auto).", rich_help_panel=_H),
     amp: str | None = typer.Option(
         None, help="off, bf16 or fp16 mixed precision (CUDA).", rich_help_panel=_H
     ),
     channels_last: bool | None = typer.Option(
-        None, "--channels-last/--no-channels-last", help="[default: on for CUDA]", rich_help_panel=_H
+        None, "--channels-last/--no-channels-last", help="(default: on for CUDA)", rich_help_panel=_H
     ),
     resume: Path | None = typer.Option(
         None, help="Continue a run exactly: RUN/last.pt or RUN (settings are the run's own)."

@@ -17,11 +17,10 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
@@ -37,64 +36,11 @@ from cvtool.train.datasets import EpochSampler, ImageDataset, balanced_class_wei
 from cvtool.train.distributed import Runtime, setup
 from cvtool.train.models import ARCHS, create_model
 from cvtool.train.optim import LRSchedule, build_loss, build_optimizer, head_lr
+from cvtool.train.state import Tracker, rng_state, seed_all, set_rng_state
 from cvtool.train.transfer import freeze_bn_stats, load_matching, load_weights, set_backbone_trainable
 from cvtool.train.weight_init import init_weights
 
 __all__ = ["TrainConfig", "train", "config_from_checkpoint"]
-
-
-@dataclass
-class Tracker:
-    """Best value of the monitored metric so far, and epochs since it last improved.
-
-    best.pt follows `monitor`, ties in accuracy going to the lower loss (common on small
-    validation sets); early stopping counts epochs without a strict improvement of `monitor`.
-    """
-
-    monitor: str
-    best_acc: float = -1.0
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    wait: int = 0
-
-    def update(self, epoch: int, val_loss: float, val_acc: float) -> bool:
-        """Record an epoch; True when it is the new best (save best.pt)."""
-        if self.monitor == "val_acc":
-            strict = val_acc > self.best_acc
-            best = strict or (val_acc == self.best_acc and val_loss < self.best_loss)
-        else:
-            strict = best = val_loss < self.best_loss
-        self.wait = 0 if strict else self.wait + 1
-        if best:
-            self.best_acc, self.best_loss, self.best_epoch = val_acc, val_loss, epoch
-        return best
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Python, numpy and torch RNG states as tensors and builtins (weights_only-loadable)."""
-    py = random.getstate()
-    npy = np.random.get_state()
-    return {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [npy[0], torch.from_numpy(npy[1].astype(np.int64)), int(npy[2]), int(npy[3]), float(npy[4])],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
-    n = s["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 def config_from_checkpoint(path: str | os.PathLike) -> tuple[TrainConfig, dict[str, Any]]:
@@ -139,13 +85,8 @@ class _Epoch:
     def __init__(
         self, model, loss_fn, rt: Runtime, progress: Progress, on_error, amp: str, channels_last: bool
     ):
-        self.model, self.loss_fn, self.rt, self.progress, self.on_error = (
-            model,
-            loss_fn,
-            rt,
-            progress,
-            on_error,
-        )
+        self.model, self.loss_fn, self.rt = model, loss_fn, rt
+        self.progress, self.on_error = progress, on_error
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -212,12 +153,12 @@ def _train(cfg: TrainConfig, rt: Runtime, log, resume, on_epoch_end) -> dict[str
     if cfg.amp != "off" and rt.device.type != "cuda":
         raise ValueError("--amp needs a CUDA device; on the CPU train in float32")
     out = Path(cfg.out)
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     train_paths, train_labels, val_paths, val_labels, classes = _split(cfg)
 
     source = load_checkpoint(cfg.init_from) if cfg.init_from and not resume else None
     arch = source["arch"] if source else cfg.arch
-    arch_kwargs = dict(source.get("arch_kwargs") or {}) if source else {}
+    arch_kwargs = dict((resume or source or {}).get("arch_kwargs") or {})
     if cfg.dropout is not None:
         arch_kwargs["dropout"] = cfg.dropout
     elif ARCHS[arch].dropout is not None:
@@ -321,7 +262,7 @@ def _train(cfg: TrainConfig, rt: Runtime, log, resume, on_epoch_end) -> dict[str
         schedule.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
         rows, tracker = list(resume["history"]), Tracker(**resume["tracker"])
-        _set_rng_state(resume["rng"])
+        set_rng_state(resume["rng"])
         log(f"resuming at epoch {start} of {cfg.epochs}")
     net = rt.wrap(model)
     if rt.main:
@@ -379,7 +320,7 @@ def _train(cfg: TrainConfig, rt: Runtime, log, resume, on_epoch_end) -> dict[str
                     "optimizer": optimizer.state_dict(),
                     "scheduler": schedule.state_dict(),
                     "scaler": scaler.state_dict(),
-                    "rng": _rng_state(),
+                    "rng": rng_state(),
                     "epoch": epoch,
                     "metrics": row,
                     "history": rows,
