@@ -78,17 +78,18 @@ def evaluate(
 ) -> None:
     """Evaluate on labeled images: metrics, confusion matrices, failures, occlusion, report.html."""
     from cvtool.data import DataError
-    from cvtool.evaluate.occlusion import BASELINES
+    from cvtool.evaluate.occlusion import BASELINES, default_window
     from cvtool.evaluate.run import evaluate as run_evaluate
 
     if baseline not in BASELINES:
         raise fail(f"--baseline must be one of {', '.join(BASELINES)}")
-    if window is not None and stride is not None and stride > window:
-        raise fail(f"--stride {stride} must not exceed --window {window} (pixels would go uncovered)")
     ov = card_overrides(classes, size, channels, mean, std, resize, interpolation)
     m = open_onnx(model, device, ov, verbose)
     if window is not None and window > min(m.card.input_size):
         raise fail(f"--window {window} is larger than the model input {m.card.input_size}")
+    effective = window or default_window(m.card.input_size)
+    if stride is not None and stride > effective:
+        raise fail(f"--stride {stride} must not exceed the window {effective} (pixels would go uncovered)")
     with progress_bar() as progress:
         task = progress.add_task("evaluate", total=None)
 
