@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,17 @@ from PIL import ExifTags, Image, ImageOps
 
 from cvtool.contract import ModelCard
 
-__all__ = ["ImageError", "load_image", "preprocess", "load_and_preprocess", "resize_and_crop"]
+__all__ = [
+    "ImageError",
+    "load_image",
+    "preprocess",
+    "load_and_preprocess",
+    "normalize_into",
+    "pre_crop_size",
+    "resize_and_crop",
+]
 
-_RESAMPLE = {
+RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -42,7 +51,7 @@ class ImageError(Exception):
         super().__init__(f"{self.path}: {reason}")
 
 
-def _pre_crop_size(card: ModelCard, width: int, height: int) -> tuple[int, int]:
+def pre_crop_size(card: ModelCard, width: int, height: int) -> tuple[int, int]:
     """(width, height) the image is resized to before the center crop."""
     th, tw = card.input_size
     if card.resize == "stretch":
@@ -88,7 +97,7 @@ def load_image(path: str | os.PathLike, card: ModelCard | None = None) -> Image.
             if card is not None and img.format == "JPEG":
                 # EXIF orientations 5-8 swap width and height once applied.
                 rotated = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
-                need_w, need_h = _pre_crop_size(card, *((h, w) if rotated else (w, h)))
+                need_w, need_h = pre_crop_size(card, *((h, w) if rotated else (w, h)))
                 if rotated:
                     need_w, need_h = need_h, need_w
                 # draft() picks the largest 1/2^k scale (k <= 3) still >= the requested size.
@@ -120,9 +129,9 @@ def load_image(path: str | os.PathLike, card: ModelCard | None = None) -> Image.
 def resize_and_crop(img: Image.Image, card: ModelCard) -> Image.Image:
     """Resize (stretch or shorter-side) and center-crop to the card's input size."""
     th, tw = card.input_size
-    w, h = _pre_crop_size(card, *img.size)
+    w, h = pre_crop_size(card, *img.size)
     if (w, h) != img.size:
-        img = img.resize((w, h), _RESAMPLE[card.interpolation])
+        img = img.resize((w, h), RESAMPLE[card.interpolation])
     if (w, h) != (tw, th):
         # Same rounding as torchvision's center_crop.
         left = int(round((w - tw) / 2.0))
@@ -131,17 +140,32 @@ def resize_and_crop(img: Image.Image, card: ModelCard) -> Image.Image:
     return img
 
 
-def preprocess(img: Image.Image, card: ModelCard) -> np.ndarray:
-    """PIL image (already in the card's channels) → normalised (C, H, W) float32 array."""
-    img = resize_and_crop(img, card)
-    a = np.asarray(img, dtype=np.float32)  # (H, W) or (H, W, 3)
-    if a.ndim == 2:
-        a = a[:, :, None]
+@lru_cache(maxsize=16)
+def _affine(card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean / scale, scale / std), shaped (C, 1, 1): one pair per card, not per image."""
     mean = np.asarray(card.mean, dtype=np.float32) / np.float32(card.scale)
     inv_std = np.float32(card.scale) / np.asarray(card.std, dtype=np.float32)
-    # (x * scale - mean) / std  ==  (x - mean / scale) * (scale / std), one fewer pass.
-    a = (a - mean) * inv_std
-    return np.ascontiguousarray(a.transpose(2, 0, 1))  # (C, H, W) float32
+    return mean.reshape(-1, 1, 1), inv_std.reshape(-1, 1, 1)
+
+
+def normalize_into(img: Image.Image, card: ModelCard, out: np.ndarray) -> None:
+    """Image already at input_size, in the card's channels → `out` (C, H, W) float32, in place.
+
+    (x * scale - mean) / std is computed as (x - mean / scale) * (scale / std): two float32 passes
+    straight from the uint8 pixels into `out`, with no temporary (H, W, C) float copy.
+    """
+    a = np.asarray(img)  # (H, W) or (H, W, 3) uint8
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # a (C, H, W) view, no copy
+    mean, inv_std = _affine(card)
+    np.subtract(a, mean, out=out, dtype=np.float32)
+    np.multiply(out, inv_std, out=out)
+
+
+def preprocess(img: Image.Image, card: ModelCard) -> np.ndarray:
+    """PIL image (already in the card's channels) → normalised (C, H, W) float32 array."""
+    out = np.empty((card.channels, *card.input_size), dtype=np.float32)
+    normalize_into(resize_and_crop(img, card), card, out)
+    return out
 
 
 def load_and_preprocess(path: str | os.PathLike, card: ModelCard) -> np.ndarray:
