@@ -86,7 +86,7 @@ def main() -> None:
     run(evaluate, log)
     accuracy = json.loads((out / "eval" / "metrics.json").read_text())["accuracy"]
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    best = max(rows, key=lambda r: float(r["val_acc"]))
+    best = max(rows, key=lambda r: (float(r["val_acc"]), -float(r["val_loss"])))  # as best.pt picks
 
     target_acc, target_min = TARGETS[args.recipe]
     minutes = train_s / 60

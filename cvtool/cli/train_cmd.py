@@ -88,7 +88,9 @@ def train(
     seed: int | None = typer.Option(None, help="(default: 0)"),
     size: int | None = typer.Option(None, help="Square input size (default: from the data)."),
     channels: int | None = typer.Option(None, help="1 or 3 (default: from the data)."),
-    workers: int | None = typer.Option(None, help="DataLoader worker processes (default: 2)."),
+    workers: int | None = typer.Option(
+        None, help="DataLoader worker processes (default: CPUs - 1, at most 4)."
+    ),
     subset: int | None = typer.Option(None, help="Use at most N training images."),
     cache: bool | None = typer.Option(
         None, "--cache/--no-cache", help="Keep decoded images in memory (small images) (default: no)."
@@ -114,7 +116,7 @@ def train(
     ),
     device: str | None = typer.Option(None, help="auto, cpu or cuda (default: auto).", rich_help_panel=_H),
     amp: str | None = typer.Option(
-        None, help="off, bf16 or fp16 mixed precision (CUDA).", rich_help_panel=_H
+        None, help="off, bf16 or fp16 (CUDA only) mixed precision.", rich_help_panel=_H
     ),
     channels_last: bool | None = typer.Option(
         None, "--channels-last/--no-channels-last", help="(default: on for CUDA)", rich_help_panel=_H

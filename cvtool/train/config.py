@@ -65,7 +65,7 @@ class TrainConfig:
     backbone_lr: float | None = None  # None: lr / 10 when fine-tuning, else lr
     # hardware
     device: str = "auto"
-    amp: str = "off"  # off | bf16 | fp16 (CUDA only)
+    amp: str = "off"  # off | bf16 | fp16 (CUDA only); bf16 on the CPU pays off with AVX-512 BF16 / AMX
     channels_last: bool | None = None  # None: on CUDA yes, on the CPU no
     recipe: str | None = None
 
@@ -87,7 +87,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # ≥ 94 % Fashion-MNIST test accuracy within 15 minutes on 2 CPU cores.
     "fashion-mnist": dict(
         arch="cnn4",
-        epochs=12,
+        epochs=17,
         batch_size=128,
         optimizer="adamw",
         lr=4e-3,
@@ -95,13 +95,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         schedule="onecycle",
         label_smoothing=0.1,
         hflip=True,
+        val_split=0.05,  # 57,000 training images; 3,000 still pick best.pt
         cache=True,
+        channels_last=True,  # ~25 % faster on the CPU for this net (oneDNN NHWC convolutions)
         monitor="val_acc",
     ),
     # The stretch goal: aiming at 95 % within 30 minutes; more epochs and small shifts.
     "fashion-mnist-long": dict(
         arch="cnn4",
-        epochs=26,
+        epochs=36,
         batch_size=128,
         optimizer="adamw",
         lr=4e-3,
@@ -109,8 +111,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         schedule="onecycle",
         label_smoothing=0.1,
         hflip=True,
-        translate=0.08,
+        translate=0.08,  # ±2 px: slower to fit, so only with the longer schedule
+        val_split=0.05,
         cache=True,
+        channels_last=True,
         monitor="val_acc",
     ),
 }

@@ -39,7 +39,9 @@ class ArchSpec:
 ARCHS: dict[str, ArchSpec] = {}
 
 
-def register(name: str, description: str, head: str, dropout: float | None = None, torchvision=None):
+def register(
+    name: str, description: str, head: str, dropout: float | None = None, torchvision: str | None = None
+) -> Callable[[Builder], Builder]:
     def deco(fn: Builder) -> Builder:
         ARCHS[name] = ArchSpec(fn, description, head, dropout, torchvision)
         return fn
