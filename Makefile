@@ -29,10 +29,11 @@ demo: $(STAMP)
 		-o $(DEMO)/eval
 	@echo
 	@echo "Done. Everything is under $(DEMO)/:"
-	@echo "  best.pt, last.pt, metrics.csv   training checkpoints and per-epoch metrics"
+	@echo "  best.pt, last.pt, metrics.csv   training checkpoints and per-epoch metrics (curves.png)"
 	@echo "  model.onnx                      self-describing model (preprocessing + class names inside)"
 	@echo "  submission.csv                  Kaggle-style predictions for $(DATA)/test (id,label)"
-	@echo "  eval/                           metrics.json, per_image.csv, confusion_matrix*.png"
+	@echo "  eval/report.html                the evaluation report (metrics, confusion matrices, mistakes)"
+	@echo "  eval/                           metrics.json, per_image.csv, confusion_matrix*.png, …"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
