@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(CVTOOL) export $(DEMO)/best.pt -o $(DEMO)/model.onnx
 	$(CVTOOL) predict $(DATA)/test --model $(DEMO)/model.onnx -o $(DEMO)/submission.csv
 	$(CVTOOL) evaluate $(DATA)/test --labels $(DATA)/test_labels.csv --model $(DEMO)/model.onnx \
-		-o $(DEMO)/eval
+		-o $(DEMO)/eval --failures 16 --occlusion 2
 	@echo
 	@echo "Done. Everything is under $(DEMO)/:"
 	@echo "  best.pt, last.pt, metrics.csv   training checkpoints and per-epoch metrics (curves.png)"
