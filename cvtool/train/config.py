@@ -100,23 +100,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         channels_last=True,  # ~25 % faster on the CPU for this net (oneDNN NHWC convolutions)
         monitor="val_acc",
     ),
-    # The stretch goal: aiming at 95 % within 30 minutes; more epochs and small shifts.
-    "fashion-mnist-long": dict(
-        arch="cnn4",
-        epochs=36,
-        batch_size=128,
-        optimizer="adamw",
-        lr=4e-3,
-        weight_decay=5e-2,
-        schedule="onecycle",
-        label_smoothing=0.1,
-        hflip=True,
-        translate=0.08,  # ±2 px: slower to fit, so only with the longer schedule
-        val_split=0.05,
-        cache=True,
-        channels_last=True,
-        monitor="val_acc",
-    ),
+}
+# The stretch goal: aiming at 95 % within 30 minutes; the same recipe, longer, with small shifts.
+RECIPES["fashion-mnist-long"] = {
+    **RECIPES["fashion-mnist"],
+    "epochs": 36,
+    "translate": 0.08,  # ±2 px: slower to fit, so only with the longer schedule
 }
 
 
