@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from cvtool.atomic import atomic_write_text
+from cvtool.atomic import atomic_write_csv
 
 __all__ = ["fresh_dir", "safe_filename", "write_csv"]
 
 
-def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Header + rows, written atomically (the whole file or nothing)."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+# Header + rows, written atomically; kept under this name for the evaluate modules.
+write_csv = atomic_write_csv
 
 
 def safe_filename(name: str, limit: int = 80) -> str:

@@ -8,8 +8,6 @@ when there is one (formats.py), then streamed through the decoding pipeline and 
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import time
 from collections.abc import Callable
@@ -17,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cvtool import __version__
-from cvtool.atomic import atomic_write_text
+from cvtool.atomic import atomic_write_csv
 from cvtool.infer.ensemble import Ensemble
 from cvtool.infer.formats import Collector, FormatError, OutputSpec, SampleSubmission, format_for, write_rows
 from cvtool.infer.pipeline import run_batches
@@ -52,11 +50,7 @@ def failures_path(output: str | os.PathLike) -> Path:
 
 
 def _write_failures(path: Path, failed: list[tuple[Path, str]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "reason"])
-    w.writerows((str(p), r) for p, r in failed)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_csv(path, ["path", "reason"], ((str(p), r) for p, r in failed))
 
 
 def predict_to_file(

@@ -10,7 +10,6 @@ file it checks the ids against that instead, and takes its row order.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cvtool.atomic import atomic_write_text
+from cvtool.atomic import atomic_write_csv, atomic_write_text
 from cvtool.infer.formats import FormatError, SampleSubmission
 from cvtool.infer.sources import id_sort_key, ids_digest
 
@@ -174,9 +173,5 @@ def merge_parts(
             infos.append(info)
         notes.append(_check_shards(paths, infos, ids, counts))
         order = [rows[i] for i in ids]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(order)
-    atomic_write_text(output, buf.getvalue())
+    atomic_write_csv(output, header, order)
     return MergeResult(output=output, rows=len(order), parts=len(paths), notes=notes)
