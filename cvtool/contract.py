@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cvtool.errors import CvtoolError
+
 __all__ = [
     "CARD_METADATA_KEY",
     "SCHEMA_VERSION",
@@ -35,7 +37,7 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 OUTPUT_KINDS = ("logits", "probs")
 
 
-class CardError(ValueError):
+class CardError(CvtoolError, ValueError):
     """A card is missing, malformed or inconsistent; the message says what to fix."""
 
 

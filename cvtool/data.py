@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cvtool.errors import CvtoolError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DataError",
@@ -31,7 +33,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 
-class DataError(ValueError):
+class DataError(CvtoolError, ValueError):
     """A dataset folder or label file is unusable; the message names it."""
 
 

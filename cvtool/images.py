@@ -16,6 +16,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from cvtool.contract import ModelCard
+from cvtool.errors import CvtoolError
 
 __all__ = [
     "ImageError",
@@ -42,7 +43,7 @@ Image.MAX_IMAGE_PIXELS = None
 MAX_DECODED_PIXELS = 2 * 89_478_485
 
 
-class ImageError(Exception):
+class ImageError(CvtoolError):
     """An image file could not be read; str() names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import onnx
 
+from cvtool.errors import CvtoolError
+
 __all__ = ["LayerRow", "Summary", "SummaryError", "summarize", "onnx_summary"]
 
 
-class SummaryError(ValueError):
+class SummaryError(CvtoolError, ValueError):
     """The file cannot be summarised; the message names it and says why."""
 
 

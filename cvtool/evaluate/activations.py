@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from cvtool.errors import CvtoolError
 from cvtool.evaluate.plots import plot_mosaic, tile_mosaic
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # written by torch.onnx's dynamo exporter
 
 
-class ActivationError(ValueError):
+class ActivationError(CvtoolError, ValueError):
     """A layer name does not exist or its output is not a feature map; the message says which."""
 
 

@@ -18,12 +18,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from cvtool.errors import CvtoolError
 from cvtool.evaluate.plots import plot_mosaic, tile_mosaic
 
 __all__ = ["FilterError", "filter_mosaic", "filter_tiles", "first_conv_weights", "plot_filters"]
 
 
-class FilterError(ValueError):
+class FilterError(CvtoolError, ValueError):
     """The model has no convolution whose weights can be read; the message says why."""
 
 

@@ -24,6 +24,7 @@ import torch
 
 from cvtool.atomic import atomic_write_bytes
 from cvtool.contract import ModelCard
+from cvtool.errors import CvtoolError
 from cvtool.onnxtools.card_edit import write_card
 from cvtool.onnxtools.model_file import save_onnx
 from cvtool.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -42,7 +43,7 @@ RANDOM_CHECK_TOLERANCE = 1e-4
 attach_card = write_card
 
 
-class ExportError(RuntimeError):
+class ExportError(CvtoolError, RuntimeError):
     """Export failed or produced a graph that disagrees with PyTorch."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cvtool.contract import ModelCard
+from cvtool.errors import CvtoolError
 from cvtool.infer.session import OnnxModel
 
 __all__ = ["Ensemble", "EnsembleError", "preprocessing_key"]
@@ -31,7 +32,7 @@ _PREPROCESSING_FIELDS = (
 )
 
 
-class EnsembleError(ValueError):
+class EnsembleError(CvtoolError, ValueError):
     """Models cannot be combined; the message says which and why."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from cvtool.atomic import atomic_write
+from cvtool.errors import CvtoolError
 
 __all__ = [
     "FormatError",
@@ -41,7 +42,7 @@ LABELS = ("name", "index", "prob")
 OUTPUT_FORMATS = ("csv", "json", "jsonl")
 
 
-class FormatError(ValueError):
+class FormatError(CvtoolError, ValueError):
     """The requested output cannot be made; the message says why."""
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from cvtool.contract import CARD_METADATA_KEY, CardError, ModelCard, resolve_card
+from cvtool.errors import CvtoolError
 
 __all__ = [
     "DEVICES",
@@ -53,11 +54,11 @@ _DEFAULT_BATCH = {"CPUExecutionProvider": 32, "CUDAExecutionProvider": 128, "Ten
 TRT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cvtool" / "tensorrt"
 
 
-class DeviceError(RuntimeError):
+class DeviceError(CvtoolError, RuntimeError):
     """The requested device cannot be used; the message says why."""
 
 
-class ModelError(ValueError):
+class ModelError(CvtoolError, ValueError):
     """The model file cannot be used as an image classifier; the message says why."""
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from cvtool.atomic import atomic_write_csv, atomic_write_text
+from cvtool.errors import CvtoolError
 from cvtool.infer.formats import FormatError, SampleSubmission
 from cvtool.infer.sources import id_sort_key, ids_digest
 
 __all__ = ["MergeError", "MergeResult", "merge_parts", "sidecar_path", "write_sidecar"]
 
 
-class MergeError(ValueError):
+class MergeError(CvtoolError, ValueError):
     """The parts do not add up to one submission; the message says what is wrong."""
 
 

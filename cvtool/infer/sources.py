@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from cvtool.data import IMAGE_EXTENSIONS, natural_key
+from cvtool.errors import CvtoolError
 
 __all__ = [
     "ID_FROM",
@@ -32,7 +33,7 @@ __all__ = [
 ID_FROM = ("stem", "name", "relpath")
 
 
-class SourceError(ValueError):
+class SourceError(CvtoolError, ValueError):
     """The files to predict cannot be listed or named as asked; the message says why."""
 
 

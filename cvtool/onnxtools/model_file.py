@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 
 from cvtool.atomic import atomic_write_bytes
+from cvtool.errors import CvtoolError
 
 __all__ = ["Dim", "GraphIO", "OnnxFileError", "graph_inputs", "graph_io", "load_onnx", "save_onnx"]
 
@@ -20,7 +21,7 @@ __all__ = ["Dim", "GraphIO", "OnnxFileError", "graph_inputs", "graph_io", "load_
 Dim = int | str | None
 
 
-class OnnxFileError(ValueError):
+class OnnxFileError(CvtoolError, ValueError):
     """An ONNX file cannot be read, written or used as an image classifier."""
 
 

@@ -39,6 +39,7 @@ import onnx
 
 from cvtool.contract import ModelCard
 from cvtool.data import DataError, list_images
+from cvtool.errors import CvtoolError
 from cvtool.infer.pipeline import decode_batches
 from cvtool.onnxtools.card_edit import card_for_model, read_card, write_card
 from cvtool.onnxtools.model_file import OnnxFileError, graph_io, load_onnx, save_onnx
@@ -50,7 +51,7 @@ ACTIVATIONS = ("uint8", "int8")
 METHODS = ("minmax", "entropy", "percentile")
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(CvtoolError, RuntimeError):
     """Quantization could not be done; the message says why."""
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from cvtool.atomic import atomic_write
 from cvtool.contract import ModelCard
+from cvtool.errors import CvtoolError
 from cvtool.train.models import create_model
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
@@ -27,7 +28,7 @@ FORMAT = "cvtool.checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CvtoolError, ValueError):
     """A checkpoint file cannot be used; the message names it."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cvtool.errors import CvtoolError
 from cvtool.train.models import ARCHS, head_module
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-class WeightsError(ValueError):
+class WeightsError(CvtoolError, ValueError):
     """Weights cannot be found, read, or matched to the network; the message says which."""
 
 
