@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from cvtool.errors import CvtoolError
 
@@ -32,8 +32,10 @@ __all__ = [
 CARD_METADATA_KEY = "cvtool.card"
 SCHEMA_VERSION = 1
 
-RESIZE_MODES = ("stretch", "shorter_crop")
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+ResizeMode = Literal["stretch", "shorter_crop"]
+Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
+INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
 OUTPUT_KINDS = ("logits", "probs")
 
 

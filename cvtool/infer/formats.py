@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -38,8 +38,10 @@ __all__ = [
     "write_rows",
 ]
 
-LABELS = ("name", "index", "prob")
-OUTPUT_FORMATS = ("csv", "json", "jsonl")
+LabelKind = Literal["name", "index", "prob"]
+OutputFormat = Literal["csv", "json", "jsonl"]
+LABELS: tuple[str, ...] = get_args(LabelKind)
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 
 
 class FormatError(CvtoolError, ValueError):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from cvtool import __version__
 from cvtool.atomic import atomic_write_csv
@@ -25,7 +26,8 @@ from cvtool.infer.sources import Items, in_shard
 
 __all__ = ["ON_ERROR", "PredictResult", "failures_path", "predict_to_file"]
 
-ON_ERROR = ("fill", "skip", "fail")
+OnError = Literal["fill", "skip", "fail"]
+ON_ERROR: tuple[str, ...] = get_args(OnError)
 
 
 @dataclass

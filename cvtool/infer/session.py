@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import onnxruntime as ort
@@ -44,7 +44,8 @@ __all__ = [
     "tensorrt_status",
 ]
 
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+DEVICES: tuple[str, ...] = get_args(Device)
 
 # Tensors per model call when the user gives none: on the CPU a batch of 32 already gives every
 # core whole convolutions to work on, and larger ones only cost memory; GPUs need more to fill up.

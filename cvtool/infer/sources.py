@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Literal, get_args
 
 from cvtool.data import IMAGE_EXTENSIONS, natural_key
 from cvtool.errors import CvtoolError
@@ -30,7 +31,8 @@ __all__ = [
     "parse_shard",
 ]
 
-ID_FROM = ("stem", "name", "relpath")
+IdFrom = Literal["stem", "name", "relpath"]
+ID_FROM: tuple[str, ...] = get_args(IdFrom)
 
 
 class SourceError(CvtoolError, ValueError):

@@ -12,6 +12,8 @@ every mode.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 from PIL import Image
 
@@ -22,7 +24,8 @@ from cvtool.images import RESAMPLE, normalize_into, pre_crop_size, resize_and_cr
 
 __all__ = ["TTA_MODES", "num_views", "views", "views_into"]
 
-TTA_MODES = ("none", "flip", "flip+crops")
+TtaMode = Literal["none", "flip", "flip+crops"]
+TTA_MODES: tuple[str, ...] = get_args(TtaMode)
 _VIEWS = {"none": 1, "flip": 2, "flip+crops": 10}
 
 

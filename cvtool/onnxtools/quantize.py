@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import onnx
@@ -46,9 +46,12 @@ from cvtool.onnxtools.model_file import OnnxFileError, graph_io, load_onnx, save
 
 __all__ = ["QuantizeError", "QuantSettings", "calibration_files", "quantize_model"]
 
-FORMATS = ("qdq", "qoperator")
-ACTIVATIONS = ("uint8", "int8")
-METHODS = ("minmax", "entropy", "percentile")
+QuantFormatName = Literal["qdq", "qoperator"]
+ActivationType = Literal["uint8", "int8"]
+CalibMethod = Literal["minmax", "entropy", "percentile"]
+FORMATS: tuple[str, ...] = get_args(QuantFormatName)
+ACTIVATIONS: tuple[str, ...] = get_args(ActivationType)
+METHODS: tuple[str, ...] = get_args(CalibMethod)
 
 
 class QuantizeError(CvtoolError, RuntimeError):
