@@ -4,40 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from cvtool.cli.common import (
-    ChannelsOpt,
-    ClassesOpt,
-    InterpOpt,
-    MeanOpt,
-    ResizeOpt,
-    SizeOpt,
-    StdOpt,
-    app,
-    card_overrides,
-    console,
-    err_console,
-    fail,
-)
-
-card_app = typer.Typer(help="Show or set the model card stored in an ONNX file.", no_args_is_help=True)
-app.add_typer(card_app, name="card")
+from cvtool.cli.common import console, err_console, fail
+from cvtool.cli.options import card_options
 
 
-@card_app.command("set")
+@card_options
 def card_set(
     model: Path = typer.Argument(..., help="An ONNX classifier, e.g. exported by another tool."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write a copy here [default: in place]."),
-    classes: str | None = ClassesOpt,
-    size: str | None = SizeOpt,
-    channels: int | None = ChannelsOpt,
-    mean: str | None = MeanOpt,
-    std: str | None = StdOpt,
-    resize: str | None = ResizeOpt,
-    interpolation: str | None = InterpOpt,
-    crop_pct: float | None = typer.Option(None, help="shorter_crop: crop size / resized shorter side."),
+    card: dict[str, Any] | None = None,
 ) -> None:
     """Write a card into MODEL: the values given over the file's card (if any) over defaults.
 
@@ -47,9 +26,7 @@ def card_set(
     from cvtool.onnxtools.card_edit import set_card
     from cvtool.onnxtools.model_file import OnnxFileError
 
-    ov = card_overrides(classes, size, channels, mean, std, resize, interpolation)
-    if crop_pct is not None:
-        ov["crop_pct"] = crop_pct
+    ov = card or {}
     if not ov:
         raise fail("nothing to set: pass --classes, --size, --mean, --std, … (see --help)")
     try:
@@ -66,7 +43,6 @@ def card_set(
         console.print(f"  {line}")
 
 
-@card_app.command("show")
 def card_show(model: Path = typer.Argument(..., help="An ONNX file.")) -> None:
     """Print the file's card as JSON (exit 1 when it has none)."""
     from cvtool.contract import CardError

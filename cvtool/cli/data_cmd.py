@@ -6,11 +6,10 @@ from pathlib import Path
 
 import typer
 
-from cvtool.cli.common import console, data_app, fail
+from cvtool.cli.common import console, fail
 
 
-@data_app.command("fashion-mnist")
-def data_fashion_mnist(
+def fashion_mnist(
     out: Path = typer.Argument(..., help="Folder to create (train/, test/, CSVs)."),
     source: Path | None = typer.Option(
         None,

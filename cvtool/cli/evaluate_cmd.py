@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from cvtool.cli.common import (
-    BatchOpt,
-    ChannelsOpt,
-    ClassesOpt,
-    DeviceOpt,
-    InterpOpt,
-    MeanOpt,
-    ModelOpt,
-    ResizeOpt,
-    SizeOpt,
-    StdOpt,
-    VerboseOpt,
-    app,
-    card_overrides,
-    console,
-    err_console,
-    fail,
-    open_onnx,
-    progress_bar,
-)
+from cvtool.cli.common import console, err_console, fail, open_onnx, progress_bar
+from cvtool.cli.options import BatchOpt, DeviceOpt, ModelOpt, VerboseOpt, card_options
 
 # Occlusion options, shared with `cvtool occlusion`.
 WindowOpt = typer.Option(
@@ -40,22 +23,16 @@ BaselineOpt = typer.Option(
 )
 
 
-@app.command()
+@card_options
 def evaluate(
     data: Path = typer.Argument(..., help="ImageFolder tree, or a flat folder with --labels."),
-    model: Path = ModelOpt,
+    model: ModelOpt = ...,  # type: ignore[assignment]
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Folder for the results."),
     labels: Path | None = typer.Option(None, help="id,label CSV for a flat folder."),
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "auto",
     workers: int | None = typer.Option(None, help="Decoding threads."),
-    classes: str | None = ClassesOpt,
-    size: str | None = SizeOpt,
-    channels: int | None = ChannelsOpt,
-    mean: str | None = MeanOpt,
-    std: str | None = StdOpt,
-    resize: str | None = ResizeOpt,
-    interpolation: str | None = InterpOpt,
+    card: dict[str, Any] | None = None,
     failures: int = typer.Option(
         0,
         "--failures",
@@ -74,7 +51,7 @@ def evaluate(
     baseline: str = BaselineOpt,
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
     seed: int = typer.Option(0, help="Seed for picking the random correct images."),
-    verbose: bool = VerboseOpt,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Evaluate on labeled images: metrics, confusion matrices, failures, occlusion, report.html."""
     from cvtool.data import DataError
@@ -83,7 +60,7 @@ def evaluate(
 
     if baseline not in BASELINES:
         raise fail(f"--baseline must be one of {', '.join(BASELINES)}")
-    ov = card_overrides(classes, size, channels, mean, std, resize, interpolation)
+    ov = card or {}
     m = open_onnx(model, device, ov, verbose)
     if window is not None and window > min(m.card.input_size):
         raise fail(f"--window {window} is larger than the model input {m.card.input_size}")

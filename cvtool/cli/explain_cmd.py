@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from cvtool.cli.common import (
-    BatchOpt,
-    ChannelsOpt,
-    ClassesOpt,
-    DeviceOpt,
-    InterpOpt,
-    MeanOpt,
-    ModelOpt,
-    ResizeOpt,
-    SizeOpt,
-    StdOpt,
-    VerboseOpt,
-    app,
-    card_overrides,
-    console,
-    err_console,
-    fail,
-    open_onnx,
-    progress_bar,
-)
+from cvtool.cli.common import console, err_console, fail, open_onnx, progress_bar
 from cvtool.cli.evaluate_cmd import BaselineOpt, StrideOpt, WindowOpt
+from cvtool.cli.options import BatchOpt, DeviceOpt, ModelOpt, VerboseOpt, card_options
 
 
 def _expand(images: list[Path]) -> list[Path]:
@@ -75,10 +58,10 @@ def _true_labels(paths: list[Path], names: list[str], labels: Path | None) -> li
     return out
 
 
-@app.command()
+@card_options
 def occlusion(
     images: list[Path] = typer.Argument(..., help="Image files (a folder: the images in it)."),
-    model: Path = ModelOpt,
+    model: ModelOpt = ...,  # type: ignore[assignment]
     window: int | None = WindowOpt,
     stride: int | None = StrideOpt,
     baseline: str = BaselineOpt,
@@ -89,16 +72,10 @@ def occlusion(
     ),
     labels: Path | None = typer.Option(None, help="id,label CSV giving the true classes (--target true)."),
     out: Path = typer.Option(Path("occlusion"), "--out", "-o", help="Folder for the maps."),
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
-    classes: str | None = ClassesOpt,
-    size: str | None = SizeOpt,
-    channels: int | None = ChannelsOpt,
-    mean: str | None = MeanOpt,
-    std: str | None = StdOpt,
-    resize: str | None = ResizeOpt,
-    interpolation: str | None = InterpOpt,
-    verbose: bool = VerboseOpt,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "auto",
+    card: dict[str, Any] | None = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Occlusion maps: p(target) while a window hides each part of the image, batched on ONNX Runtime.
 
@@ -120,7 +97,7 @@ def occlusion(
 
     if baseline not in BASELINES:
         raise fail(f"--baseline must be one of {', '.join(BASELINES)}")
-    ov = card_overrides(classes, size, channels, mean, std, resize, interpolation)
+    ov = card or {}
     m = open_onnx(model, device, ov, verbose)
     names = list(m.card.class_names)
     window = window or default_window(m.card.input_size)
@@ -170,7 +147,6 @@ def occlusion(
         raise typer.Exit(1)
 
 
-@app.command()
 def filters(
     model: Path = typer.Argument(..., help="ONNX model file."),
     compare: Path | None = typer.Option(None, help="A second model (e.g. before training), side by side."),
@@ -189,7 +165,7 @@ def filters(
     console.print(f"wrote {path}")
 
 
-@app.command()
+@card_options
 def activations(
     model: Path = typer.Argument(..., help="ONNX model file."),
     image: Path | None = typer.Argument(None, help="Image whose feature maps to show."),
@@ -202,15 +178,9 @@ def activations(
     show_layers: bool = typer.Option(False, "--list-layers", help="List the layers with their shapes."),
     out: Path = typer.Option(Path("activations"), "--out", "-o", help="Folder for the grids."),
     max_channels: int = typer.Option(64, min=1, help="Channels shown per layer."),
-    device: str = DeviceOpt,
-    classes: str | None = ClassesOpt,
-    size: str | None = SizeOpt,
-    channels: int | None = ChannelsOpt,
-    mean: str | None = MeanOpt,
-    std: str | None = StdOpt,
-    resize: str | None = ResizeOpt,
-    interpolation: str | None = InterpOpt,
-    verbose: bool = VerboseOpt,
+    device: DeviceOpt = "auto",
+    card: dict[str, Any] | None = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Feature maps of chosen layers for one image (the graph gets extra outputs, in memory)."""
     import numpy as np
@@ -247,7 +217,7 @@ def activations(
         return
     if image is None or not layer:
         raise fail("give an IMAGE and at least one --layer NAME, or --list-layers")
-    ov = card_overrides(classes, size, channels, mean, std, resize, interpolation)
+    ov = card or {}
     m = open_onnx(model, device, ov, verbose)
     try:
         x = load_and_preprocess(image, m.card)

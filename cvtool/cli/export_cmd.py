@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cvtool.cli.common import app, console, err_console, fail, require_torch
+from cvtool.cli.common import console, err_console, fail, require_torch
 
 
 def _parse_batch(batch: str) -> int | None:
@@ -25,7 +25,6 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-@app.command()
 def export(
     checkpoint: Path = typer.Argument(..., help="A cvtool checkpoint (best.pt / last.pt)."),
     output: Path = typer.Option(..., "--output", "-o", help="ONNX file to write."),

@@ -8,15 +8,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cvtool.cli.common import app, console, fail
+from cvtool.cli.common import console, fail
 
 
 def _shape(dims: list) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
 
 
-@app.command("inspect")
-def inspect_model(
+def inspect(
     model: Path = typer.Argument(..., help="An ONNX file (cvtool's or any other tool's)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:

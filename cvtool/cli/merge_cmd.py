@@ -6,10 +6,9 @@ from pathlib import Path
 
 import typer
 
-from cvtool.cli.common import app, console, fail
+from cvtool.cli.common import console, fail
 
 
-@app.command()
 def merge(
     parts: list[Path] = typer.Argument(
         ..., help="Part CSVs (e.g. part*.csv); failure lists are passed over."

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from cvtool.cli.common import (
-    ChannelsOpt,
-    ClassesOpt,
-    InterpOpt,
-    MeanOpt,
-    ResizeOpt,
-    SizeOpt,
-    StdOpt,
-    VerboseOpt,
-    app,
-    card_overrides,
-    console,
-    err_console,
-    fail,
-    progress_bar,
-)
+from cvtool.cli.common import console, err_console, fail, progress_bar
+from cvtool.cli.options import VerboseOpt, card_options
 
 
-@app.command()
+@card_options
 def quantize(
     model: Path = typer.Argument(..., help="A float32 ONNX classifier."),
     calib: Path = typer.Option(..., help="Calibration images: a folder, sub-folders included."),
@@ -47,14 +34,8 @@ def quantize(
     threads: int | None = typer.Option(
         None, min=1, help="CPU threads for the speed measurement [default: all]."
     ),
-    classes: str | None = ClassesOpt,
-    size: str | None = SizeOpt,
-    channels: int | None = ChannelsOpt,
-    mean: str | None = MeanOpt,
-    std: str | None = StdOpt,
-    resize: str | None = ResizeOpt,
-    interpolation: str | None = InterpOpt,
-    verbose: bool = VerboseOpt,
+    card: dict[str, Any] | None = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Quantize MODEL to INT8 (static QDQ), calibrated through the model card's preprocessing."""
     from cvtool.data import DataError
@@ -73,7 +54,7 @@ def quantize(
     output = output or model.with_name(model.name.removesuffix(".onnx") + ".int8.onnx")
     if output.resolve() == model.resolve():
         raise fail("--output must differ from MODEL (the float32 file is the reference)")
-    ov = card_overrides(classes, size, channels, mean, std, resize, interpolation)
+    ov = card or {}
     try:
         # Resolve the card and check both folders before the (slow) calibration.
         proto = load_onnx(model)

@@ -7,14 +7,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cvtool.cli.common import app, console, fail, require_torch
+from cvtool.cli.common import console, fail, require_torch
 
 
 def _shape(shape) -> str:
     return "?" if shape is None else "(" + ", ".join(str(d) for d in shape) + ")"
 
 
-@app.command()
 def summary(
     model: Path = typer.Argument(..., help="A cvtool checkpoint (.pt) or an ONNX file (.onnx)."),
 ) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from cvtool.cli.common import app, console, err_console, fail, require_torch
+from cvtool.cli.common import console, err_console, fail, require_torch
 
 _P = "Optimisation"
 _A = "Augmentation (training images only)"
@@ -18,7 +18,6 @@ _T = "Transfer learning"
 _H = "Hardware"
 
 
-@app.command()
 def train(
     data: Path | None = typer.Argument(None, help="ImageFolder tree: DATA/<class>/<image>."),
     out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Run folder to write."),
