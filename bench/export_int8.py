@@ -83,7 +83,7 @@ def bench_resnet(work: Path, threads: int, batch: int, seconds: float, rounds: i
     from cvtool.contract import ModelCard
     from cvtool.export.onnx_export import export_onnx
     from cvtool.infer.session import open_model
-    from cvtool.onnxtools.compare import throughput
+    from cvtool.infer.compare import throughput
     from cvtool.onnxtools.model_file import save_onnx
     from cvtool.onnxtools.quantize import QuantSettings, quantize_model
 
@@ -119,7 +119,7 @@ def bench_resnet(work: Path, threads: int, batch: int, seconds: float, rounds: i
 def bench_fmnist(work: Path, ckpt: Path, data: Path, threads: int, calib_n: int) -> str:
     from cvtool.export.onnx_export import export_checkpoint
     from cvtool.infer.session import open_model
-    from cvtool.onnxtools.compare import compare_predictions, throughput, verification_set
+    from cvtool.infer.compare import compare_predictions, throughput, verification_set
     from cvtool.onnxtools.quantize import QuantSettings, calibration_files, quantize_model
 
     if not ckpt.is_file():

@@ -19,7 +19,7 @@ from cvtool.export.onnx_export import export_checkpoint
 from cvtool.images import load_and_preprocess
 from cvtool.infer.session import open_model
 from cvtool.onnxtools.card_edit import read_card
-from cvtool.onnxtools.compare import compare_predictions
+from cvtool.infer.compare import compare_predictions
 from cvtool.onnxtools.inspect import count_parameters
 from cvtool.onnxtools.quantize import QuantizeError, QuantSettings, calibration_files, quantize_model
 

@@ -39,9 +39,9 @@ def quantize(
 ) -> None:
     """Quantize MODEL to INT8 (static QDQ), calibrated through the model card's preprocessing."""
     from cvtool.data import DataError
+    from cvtool.infer.compare import compare_predictions, throughput, verification_set
     from cvtool.infer.session import DeviceError, ModelError, open_model
     from cvtool.onnxtools.card_edit import card_for_model, read_card
-    from cvtool.onnxtools.compare import compare_predictions, throughput, verification_set
     from cvtool.onnxtools.model_file import OnnxFileError, load_onnx
     from cvtool.onnxtools.quantize import QuantizeError, QuantSettings, calibration_files, quantize_model
 

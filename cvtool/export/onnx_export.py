@@ -79,7 +79,7 @@ def export_onnx(
     """
     import onnxruntime as ort
 
-    from cvtool.infer.session import softmax
+    from cvtool.softmax import softmax
 
     if batch is not None and batch < 1:
         raise ExportError(f"batch must be ≥ 1, got {batch}")
@@ -142,7 +142,7 @@ def export_checkpoint(
     float32, or None), quantize (quantize_model's summary, or None), bytes.
     """
     from cvtool.export.verify import VerifyError, verify_against_torch
-    from cvtool.onnxtools.compare import Comparison, compare_predictions, verification_set
+    from cvtool.infer.compare import Comparison, compare_predictions, verification_set
     from cvtool.onnxtools.quantize import calibration_files, quantize_model
 
     if precision not in PRECISIONS:

@@ -17,7 +17,7 @@ import torch
 
 from cvtool.contract import ModelCard
 from cvtool.export.onnx_export import ExportError
-from cvtool.onnxtools.compare import Comparison, ProbFn, compare_predictions
+from cvtool.infer.compare import Comparison, ProbFn, compare_predictions
 
 __all__ = ["VerifyError", "torch_probs", "verify_against_torch"]
 

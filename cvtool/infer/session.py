@@ -31,6 +31,7 @@ import onnxruntime as ort
 
 from cvtool.contract import CARD_METADATA_KEY, CardError, ModelCard, resolve_card
 from cvtool.errors import CvtoolError
+from cvtool.softmax import softmax
 
 __all__ = [
     "DEVICES",
@@ -61,13 +62,6 @@ class DeviceError(CvtoolError, RuntimeError):
 
 class ModelError(CvtoolError, ValueError):
     """The model file cannot be used as an image classifier; the message says why."""
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, numerically stable (max subtracted). (N, K) → (N, K) float32."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _load_lib(names: list[str]) -> bool:
@@ -269,7 +263,9 @@ def open_model(
 
     `device`: auto (CUDA when it really loads, else CPU), cpu, cuda or tensorrt (strict: raise
     DeviceError with the reason). `batch_size` is the largest batch that will be run; TensorRT
-    pads every call to it so one engine serves the whole run.
+    pads every call to it so one engine serves the whole run. The resolved card is checked against
+    the graph by `resolve_card` (the check `card set` runs too): ModelError names the file when
+    they disagree, before anything is decoded.
     """
     path = Path(path)
     if not path.is_file():

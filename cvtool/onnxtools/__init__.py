@@ -7,5 +7,4 @@ They work on any classifier ONNX file, cvtool's own or one exported by another t
 - `inspect`: inputs, outputs, opsets, card, parameter count, size and operator histogram;
 - `fp16`: float16 weights and activations with float32 inputs and outputs kept;
 - `quantize`: static INT8 quantization calibrated through the card's preprocessing;
-- `compare`: two models (or PyTorch and a model) side by side on image files, and throughput.
 """
