@@ -20,10 +20,10 @@ from cvtool.infer.session import (
     default_batch_size,
     open_model,
     session_options,
-    softmax,
     tensorrt_status,
 )
 from cvtool.infer.tta import num_views, views
+from cvtool.softmax import softmax
 
 NAMES = ("a", "b", "c")
 

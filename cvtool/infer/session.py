@@ -41,7 +41,6 @@ __all__ = [
     "cuda_status",
     "default_batch_size",
     "open_model",
-    "softmax",
     "tensorrt_status",
 ]
 
