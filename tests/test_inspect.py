@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from cvtool.cli import app
 from cvtool.export.onnx_export import export_checkpoint
-from cvtool.onnxtools.inspect import count_parameters, inspect_model, op_histogram
+from cvtool.onnxtools.inspect import inspect_model, op_histogram
+from cvtool.onnxtools.params import count_parameters
 
 runner = CliRunner()
 

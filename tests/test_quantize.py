@@ -17,10 +17,10 @@ from cvtool.cli import app
 from cvtool.data import scan_image_folder
 from cvtool.export.onnx_export import export_checkpoint
 from cvtool.images import load_and_preprocess
+from cvtool.infer.compare import compare_predictions
 from cvtool.infer.session import open_model
 from cvtool.onnxtools.card_edit import read_card
-from cvtool.infer.compare import compare_predictions
-from cvtool.onnxtools.inspect import count_parameters
+from cvtool.onnxtools.params import count_parameters
 from cvtool.onnxtools.quantize import QuantizeError, QuantSettings, calibration_files, quantize_model
 
 runner = CliRunner()

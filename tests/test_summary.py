@@ -9,15 +9,18 @@ import sys
 import onnx
 import pytest
 import torch
-from conftest import CLASSES, export_random_model
+from conftest import CLASSES, export_random_model, make_image_folder
 from typer.testing import CliRunner
 
 from cvtool.cli import app
 from cvtool.contract import ModelCard
-from cvtool.summary import SummaryError, onnx_summary, summarize
+from cvtool.onnxtools.inspect import inspect_model
+from cvtool.onnxtools.model_file import OnnxFileError
+from cvtool.onnxtools.quantize import calibration_files, quantize_model
+from cvtool.onnxtools.summary import onnx_summary
 from cvtool.train.checkpoint import save_checkpoint
 from cvtool.train.models import create_model
-from cvtool.train.summary import module_summary
+from cvtool.train.summary import checkpoint_summary, module_summary
 
 runner = CliRunner()
 
@@ -46,7 +49,7 @@ def test_checkpoint_summary_counts_frozen_parameters_as_non_trainable(tmp_path):
     card = ModelCard(class_names=CLASSES, channels=3, input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)
     path = save_checkpoint(tmp_path / "c.pt", {"arch": "simple_cnn", "card": card.to_dict(),
                                                "model": net.state_dict(), "frozen": frozen})  # fmt: skip
-    s = summarize(path)
+    s = checkpoint_summary(path)
     n_frozen = sum(p.numel() for n, p in net.named_parameters() if n in frozen)
     assert s.total == sum(p.numel() for p in net.parameters())
     assert (s.trainable, s.non_trainable) == (s.total - n_frozen, n_frozen)
@@ -102,10 +105,25 @@ def test_onnx_summary_without_torch(exported):
 def test_unreadable_files_are_named(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    with pytest.raises(SummaryError, match="bad.onnx: not a readable ONNX model"):
-        summarize(bad)
+    with pytest.raises(OnnxFileError, match="bad.onnx: not a readable ONNX model"):
+        onnx_summary(bad)
     r = runner.invoke(app, ["summary", str(tmp_path / "missing.pt")])
     assert r.exit_code == 2 and "missing.pt: file not found" in r.output
     torch.save({"x": 1}, tmp_path / "foreign.pt")
     r = runner.invoke(app, ["summary", str(tmp_path / "foreign.pt")])
     assert r.exit_code == 2 and "not a cvtool checkpoint" in r.output
+
+
+def test_summary_and_inspect_count_an_int8_file_alike(exported, tmp_path):
+    # One rule for both: quantized weights and the int32 biases quantized ops read are parameters,
+    # scales and zero points are not, so the INT8 file counts what its float32 source counts.
+    calib = make_image_folder(tmp_path / "calib", per_class=4)
+    q = tmp_path / "q.onnx"
+    quantize_model(exported["simple_cnn"], q, calibration_files(calib, 12))
+    float_total = inspect_model(exported["simple_cnn"]).parameters
+    s = onnx_summary(q)
+    assert s.total == inspect_model(q).parameters == float_total
+    assert sum(r.params for r in s.rows) == s.total
+    r = runner.invoke(app, ["summary", str(q)])
+    assert r.exit_code == 0, r.output
+    assert f"total params: {float_total:,}" in r.output

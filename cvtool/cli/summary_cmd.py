@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from cvtool.cli.common import console, fail, require_torch
+from cvtool.cli.common import CommandError, console, require_torch
 
 
-def _shape(shape) -> str:
+def _shape(shape: tuple[int | str, ...] | None) -> str:
     return "?" if shape is None else "(" + ", ".join(str(d) for d in shape) + ")"
 
 
 def summary(
-    model: Path = typer.Argument(..., help="A cvtool checkpoint (.pt) or an ONNX file (.onnx)."),
+    model: Annotated[Path, typer.Argument(help="A cvtool checkpoint (.pt) or an ONNX file (.onnx).")],
 ) -> None:
     """Layers, output shapes and parameter counts, with totals."""
-    if model.suffix.lower() != ".onnx":
-        require_torch()  # rebuilding a checkpoint's network needs PyTorch
-    from cvtool.summary import SummaryError, summarize
+    if not model.is_file():
+        raise CommandError(f"{model}: file not found")
+    if model.suffix.lower() == ".onnx":
+        from cvtool.onnxtools.summary import onnx_summary
 
-    try:
-        s = summarize(model)
-    except (SummaryError, ValueError) as e:  # CheckpointError is a ValueError
-        raise fail(str(e)) from None
+        s = onnx_summary(model)
+    else:
+        require_torch()  # rebuilding a checkpoint's network needs PyTorch
+        from cvtool.train.summary import checkpoint_summary
+
+        s = checkpoint_summary(model)
     table = Table(title=f"{model}  input {_shape(s.input_shape)}", title_justify="left")
     table.add_column("layer (type)")
     table.add_column("output shape")

@@ -15,7 +15,7 @@ import onnx
 from cvtool.atomic import atomic_write_bytes
 from cvtool.errors import CvtoolError
 
-__all__ = ["Dim", "GraphIO", "OnnxFileError", "graph_inputs", "graph_io", "load_onnx", "save_onnx"]
+__all__ = ["Dim", "GraphIO", "OnnxFileError", "dims", "graph_inputs", "graph_io", "load_onnx", "save_onnx"]
 
 # A tensor dimension: a fixed size, a symbolic name ("batch"), or None when unknown.
 Dim = int | str | None
@@ -47,17 +47,18 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike) -> int:
     return len(data)
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> list[Dim]:
+def dims(value_info: onnx.ValueInfoProto) -> list[Dim]:
+    """A tensor's shape: fixed sizes, symbolic names, None where unknown (no shape: [])."""
     shape = value_info.type.tensor_type.shape
-    dims: list[Dim] = []
+    out: list[Dim] = []
     for d in shape.dim:
         if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(int(d.dim_value))
+            out.append(int(d.dim_value))
         elif d.HasField("dim_param") and d.dim_param:
-            dims.append(d.dim_param)
+            out.append(d.dim_param)
         else:
-            dims.append(None)
-    return dims
+            out.append(None)
+    return out
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -103,10 +104,10 @@ def graph_io(model: onnx.ModelProto, path: str | os.PathLike = "model") -> Graph
     if len(inputs) != 1:
         names = [i.name for i in inputs]
         raise OnnxFileError(f"{path}: the model has {len(inputs)} inputs {names}; expected one image")
-    shape = _dims(inputs[0])
+    shape = dims(inputs[0])
     if len(shape) != 4:
         raise OnnxFileError(f"{path}: input {inputs[0].name!r} has shape {shape}; expected (N, C, H, W)")
     if not model.graph.output:
         raise OnnxFileError(f"{path}: the model has no outputs")
     out = model.graph.output[0]
-    return GraphIO(inputs[0].name, shape, out.name, _dims(out))
+    return GraphIO(inputs[0].name, shape, out.name, dims(out))

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cvtool.summary import LayerRow, Summary
+from cvtool.onnxtools.summary import LayerRow, Summary
 from cvtool.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 __all__ = ["checkpoint_summary", "module_summary"]
