@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from cvtool.cli.common import console, fail
+from cvtool.cli.common import console
 
 
 def _shape(dims: list) -> str:
@@ -16,17 +17,13 @@ def _shape(dims: list) -> str:
 
 
 def inspect(
-    model: Path = typer.Argument(..., help="An ONNX file (cvtool's or any other tool's)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    model: Annotated[Path, typer.Argument(help="An ONNX file (cvtool's or any other tool's).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Inputs/outputs with shapes, opset, card, parameter count, file size and operator histogram."""
-    from cvtool.onnxtools.inspect import inspect_model as inspect_file
-    from cvtool.onnxtools.model_file import OnnxFileError
+    from cvtool.onnxtools.inspect import inspect_model
 
-    try:
-        info = inspect_file(model)
-    except OnnxFileError as e:
-        raise fail(str(e)) from None
+    info = inspect_model(model)
     if as_json:
         console.print(json.dumps(info.to_dict(), indent=2, ensure_ascii=False))
         return
