@@ -1,16 +1,19 @@
 """Finding images on disk: labeled ImageFolder trees and flat Kaggle-style test folders.
 
-Everything here is deterministic: classes and files come out in natural-sort order
-("img2" before "img10"), and splits are seeded.
+`walk_images` is the one lister of image files (predict, evaluate and training all use it): regular
+files with an image extension, lazily, with what it passes over counted. Everything here is
+deterministic: classes and files come out in natural-sort order ("img2" before "img10"), and
+splits are seeded.
 """
 
 from __future__ import annotations
 
 import csv
+import heapq
 import os
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +25,10 @@ __all__ = [
     "FolderScan",
     "LabeledSamples",
     "natural_key",
+    "walk_images",
     "list_images",
     "scan_image_folder",
+    "labeled_files",
     "read_labels_csv",
     "stratified_split",
 ]
@@ -47,6 +52,122 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _kept_as_file(entry: os.DirEntry[str]) -> bool:
+    """A name that is not a regular file: keep it only when it cannot be read at all (a dangling or
+    self-looping link), so that it is reported as an unreadable image rather than dropped.
+
+    A FIFO, socket or device (or a link to one) is passed over: reading it would block or never end.
+    """
+    if not entry.is_symlink():
+        return False
+    try:
+        os.stat(entry.path)
+    except OSError:
+        return True
+    return False
+
+
+def _dir_key(path: str | os.PathLike) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def walk_images(
+    root: str | os.PathLike,
+    recursive: bool = False,
+    skipped: dict[str, int] | None = None,
+    *,
+    listed: set[tuple[int, int]] | None = None,
+) -> Iterator[str]:
+    """POSIX paths (relative to `root`) of the image files in it, or below it; lazily, unsorted.
+
+    What is passed over is counted into `skipped` (reason → count). When recursing, a folder is
+    listed once: a link to a folder already listed (a loop, or a second way in) is counted, not
+    followed. `listed` holds the (st_dev, st_ino) of folders already listed, shared between calls.
+    """
+    top = os.fspath(root)
+    skipped = {} if skipped is None else skipped
+    listed = set() if listed is None else listed
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    try:
+        listed.add(_dir_key(top))
+    except OSError as e:
+        raise DataError(f"{top}: not a directory ({e.strerror or e})") from None
+    # Real folders first, links to folders after, in name order: a folder reachable both ways is
+    # listed under its real path, whatever order the directory entries come in.
+    pending: list[str] = [""]
+    links: list[tuple[tuple, str]] = []  # a heap: the first by name comes out first
+    while pending or links:
+        if not pending:
+            rel = heapq.heappop(links)[1]
+            try:
+                key = _dir_key(os.path.join(top, rel))
+            except OSError:  # gone since it was seen
+                skip("unreadable folder")
+                continue
+            if key in listed:
+                skip("link to a folder already listed")
+                continue
+            listed.add(key)
+            pending.append(rel)
+        rel_dir = pending.pop()
+        try:
+            it = os.scandir(os.path.join(top, rel_dir) if rel_dir else top)
+        except OSError as e:
+            if not rel_dir:
+                raise DataError(f"{top}: cannot read: {e.strerror or e}") from None
+            skip("unreadable folder")
+            continue
+        with it:
+            for entry in it:
+                name = entry.name
+                if _is_hidden(name):
+                    skip("hidden file")
+                    continue
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:  # a link that loops on itself: not a folder
+                    is_dir = False
+                if is_dir:
+                    if not recursive:
+                        if _is_image_name(name):
+                            skip("directory named like an image")
+                    elif entry.is_symlink():
+                        heapq.heappush(links, (natural_key(rel), rel))
+                    else:
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except OSError:  # gone since it was seen
+                            skip("unreadable folder")
+                            continue
+                        key = (st.st_dev, st.st_ino)
+                        if key in listed:  # reached again below a followed link
+                            skip("folder already listed")
+                        else:
+                            listed.add(key)
+                            pending.append(rel)
+                    continue
+                if not _is_image_name(name):
+                    skip("not an image extension")
+                    continue
+                try:
+                    regular = entry.is_file()
+                except OSError:  # a link that loops on itself
+                    regular = False
+                if regular or _kept_as_file(entry):
+                    yield rel
+                else:
+                    skip("not a regular file")
+
+
 @dataclass
 class FolderScan:
     """Image files found under a folder, and what was passed over (counted, never silent)."""
@@ -58,38 +179,16 @@ class FolderScan:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-def list_images(root: str | os.PathLike, recursive: bool = False) -> FolderScan:
+def list_images(
+    root: str | os.PathLike, recursive: bool = False, *, listed: set[tuple[int, int]] | None = None
+) -> FolderScan:
     """Image files in `root` (optionally below it), natural-sorted by relative path."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
     scan = FolderScan()
-    walker = os.walk(root) if recursive else [(str(root), None, None)]
-    for dirpath, dirnames, _ in walker:
-        if dirnames is not None:
-            dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-        with os.scandir(dirpath) as it:
-            for entry in it:
-                if _is_hidden(entry.name):
-                    scan.skip("hidden file")
-                    continue
-                is_dir = entry.is_dir()
-                if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
-                    if not is_dir:
-                        scan.skip("not an image extension")
-                    continue
-                if is_dir:
-                    if not recursive:  # when recursing, os.walk visits it as a folder
-                        scan.skip("directory named like an image")
-                    continue
-                if not entry.is_file():
-                    # A FIFO or device would block or never end; a dangling link is kept so
-                    # that it is reported as a failed image rather than silently dropped.
-                    if not entry.is_symlink():
-                        scan.skip("not a regular file")
-                        continue
-                scan.files.append(Path(entry.path))
-    scan.files.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))
+    rels = sorted(walk_images(root, recursive, scan.skipped, listed=listed), key=natural_key)
+    scan.files = [root / rel for rel in rels]
     return scan
 
 
@@ -132,8 +231,11 @@ def scan_image_folder(root: str | os.PathLike, classes: Sequence[str] | None = N
             f"(model classes: {list(classes)[:10]}{' …' if len(classes) > 10 else ''})"
         )
     out = LabeledSamples(paths=[], labels=[], classes=list(classes))
+    # Every class folder counts as listed from the start: a link from one class into another is
+    # passed over rather than labelling the other class's images as this one.
+    listed = {_dir_key(d) for d in folders}
     for d in folders:
-        scan = list_images(d, recursive=True)
+        scan = list_images(d, recursive=True, listed=listed)
         out.paths.extend(scan.files)
         out.labels.extend([index[d.name]] * len(scan.files))
         for reason, n in scan.skipped.items():
@@ -141,6 +243,38 @@ def scan_image_folder(root: str | os.PathLike, classes: Sequence[str] | None = N
     if not out.paths:
         raise DataError(f"{root}: class folders contain no image files")
     return out
+
+
+def labeled_files(
+    data: str | os.PathLike, class_names: list[str], labels_csv: str | os.PathLike | None = None
+) -> tuple[list[Path], list[int], dict[str, int]]:
+    """(paths, label indices, skipped counts) for an ImageFolder tree or a flat folder + CSV."""
+    index = {name: i for i, name in enumerate(class_names)}
+    if labels_csv is None:
+        s = scan_image_folder(data, classes=class_names)
+        return s.paths, s.labels, dict(s.skipped)
+    labels = read_labels_csv(labels_csv)
+    unknown = sorted({v for v in labels.values() if v not in index})
+    if unknown:
+        raise DataError(
+            f"{labels_csv}: label(s) {unknown[:5]} are not classes of the model "
+            f"(model classes: {class_names[:10]}{' …' if len(class_names) > 10 else ''})"
+        )
+    scan = list_images(data, recursive=False)
+    skipped = dict(scan.skipped)
+    paths, ys = [], []
+    for p in scan.files:
+        if p.stem in labels:
+            paths.append(p)
+            ys.append(index[labels[p.stem]])
+        else:
+            skipped["no label in CSV"] = skipped.get("no label in CSV", 0) + 1
+    missing = len(labels) - len(paths)
+    if missing > 0:
+        skipped["label without an image file"] = missing
+    if not paths:
+        raise DataError(f"{data}: no image file's stem matches an id in {labels_csv}")
+    return paths, ys, skipped
 
 
 def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cvtool.infer.sources import SourceError, id_of, in_shard, list_items, parse_shard
+from cvtool.infer.sources import SourceError, id_of, in_shard, list_items, parse_shard, shard_from_env
 
 
 def _touch(root: Path, *names: str) -> Path:
@@ -104,3 +104,91 @@ def test_bad_shard(text):
 
 def test_parse_shard():
     assert parse_shard("2/5") == (2, 5)
+
+
+def test_an_empty_shard_of_a_non_empty_folder_is_not_an_error(tmp_path: Path):
+    _touch(tmp_path, "1.png", "2.png", "3.png")
+    shards = [list_items(tmp_path, shard=(i, 5)) for i in range(1, 6)]
+    assert sorted(len(s) for s in shards) == [0, 0, 1, 1, 1]
+    empty = next(s for s in shards if not len(s))
+    assert empty.ids == [] and empty.total_ids == 3
+
+
+# --- --shard auto -------------------------------------------------------------------------------
+
+
+def _slurm(task: int, lo: int, hi: int, step: int = 1, count: int | None = None) -> dict[str, str]:
+    """The variables sbatch sets in each task of --array=lo-hi:step."""
+    n = (hi - lo) // step + 1 if count is None else count
+    return {
+        "SLURM_ARRAY_JOB_ID": "4711",
+        "SLURM_ARRAY_TASK_ID": str(task),
+        "SLURM_ARRAY_TASK_MIN": str(lo),
+        "SLURM_ARRAY_TASK_MAX": str(hi),
+        "SLURM_ARRAY_TASK_STEP": str(step),
+        "SLURM_ARRAY_TASK_COUNT": str(n),
+    }
+
+
+@pytest.mark.parametrize(
+    "env,want",
+    [
+        (_slurm(1, 1, 4), (1, 4)),
+        (_slurm(4, 1, 4), (4, 4)),
+        (_slurm(0, 0, 3), (1, 4)),
+        (_slurm(12, 0, 12, step=4), (4, 4)),  # --array=0-12:4 → 0, 4, 8, 12
+        (_slurm(7, 7, 7), (1, 1)),
+    ],
+)
+def test_shard_from_slurm_array(env, want):
+    assert shard_from_env(None, env) == want
+    assert shard_from_env(want[1], env) == want
+    assert parse_shard("auto", env=env) == want
+    assert parse_shard("auto", want[1], env) == want
+
+
+def test_shard_from_slurm_without_max_or_step():
+    env = _slurm(3, 2, 5)
+    del env["SLURM_ARRAY_TASK_MAX"], env["SLURM_ARRAY_TASK_STEP"]
+    assert shard_from_env(None, env) == (2, 4)
+
+
+@pytest.mark.parametrize(
+    "env,shards,match",
+    [
+        (_slurm(2, 1, 4), 3, r"--shards 3 but SLURM_ARRAY_TASK_COUNT=4"),
+        (_slurm(3, 1, 7, count=3), None, r"not an evenly spaced range.*--shard I/N"),  # --array=1,3,7
+        (_slurm(3, 0, 6, step=2), None, r"SLURM_ARRAY_TASK_ID=3 is not in --array=0-6:2"),
+        ({**_slurm(2, 1, 4), "SLURM_ARRAY_TASK_COUNT": "four"}, None, r"SLURM_ARRAY_TASK_COUNT='four'"),
+        ({"SLURM_ARRAY_TASK_ID": "2"}, None, r"SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT not set"),
+    ],
+)
+def test_shard_from_slurm_errors(env, shards, match):
+    with pytest.raises(SourceError, match=match):
+        shard_from_env(shards, env)
+
+
+def test_shard_from_kubernetes_indexed_job():
+    env = {"JOB_COMPLETION_INDEX": "0"}
+    assert shard_from_env(4, env) == (1, 4)
+    assert shard_from_env(4, {"JOB_COMPLETION_INDEX": "3"}) == (4, 4)
+    assert parse_shard("auto", 4, env) == (1, 4)
+    with pytest.raises(SourceError, match=r"JOB_COMPLETION_INDEX=0.*pass --shards N"):
+        shard_from_env(None, env)
+    with pytest.raises(SourceError, match=r"JOB_COMPLETION_INDEX=4 is not below --shards 4"):
+        shard_from_env(4, {"JOB_COMPLETION_INDEX": "4"})
+    with pytest.raises(SourceError, match=r"JOB_COMPLETION_INDEX='-1'"):
+        shard_from_env(4, {"JOB_COMPLETION_INDEX": "-1"})
+
+
+def test_shard_auto_without_a_scheduler_names_the_variables():
+    with pytest.raises(SourceError, match=r"SLURM_ARRAY_TASK_ID.*JOB_COMPLETION_INDEX.*--shard I/N"):
+        parse_shard("auto", env={"HOME": "/root"})
+    with pytest.raises(SourceError, match=r"--shards must be at least 1"):
+        shard_from_env(0, {"JOB_COMPLETION_INDEX": "0"})
+
+
+def test_shards_must_agree_with_an_explicit_shard():
+    assert parse_shard("2/4", 4) == (2, 4)
+    with pytest.raises(SourceError, match=r"--shard 2/4 but --shards 3"):
+        parse_shard("2/4", 3)

@@ -287,3 +287,56 @@ def test_a_clean_rerun_removes_the_old_failure_list(setup, tmp_path):
     (test / "3.png").unlink()
     assert _predict(test, "-m", model, "-o", out).exit_code == 0
     assert not (tmp_path / "s.failures.csv").exists()
+
+
+def _predict_process(*args: object, umask: int | None = None) -> subprocess.CompletedProcess:
+    """`cvtool predict` in a fresh process, killed after two minutes so a hang fails the test."""
+    import os
+
+    def set_umask() -> None:
+        if umask is not None:
+            os.umask(umask)
+
+    return subprocess.run(
+        [sys.executable, "-m", "cvtool", "predict", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=set_umask,
+    )
+
+
+def test_a_fifo_named_like_an_image_is_skipped_not_read(setup, tmp_path):
+    import os
+
+    model, _ = setup
+    test = image_folder(tmp_path / "t", ["1", "2"], seed=6)
+    os.mkfifo(test / "x.png")  # opening it for reading would block for ever
+    out = tmp_path / "s.csv"
+    r = _predict_process(test, "-m", model, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert [x[0] for x in read_csv(out)[1:]] == ["1", "2"]
+    assert "skipped 1 file(s): not a regular file" in r.stdout
+
+
+def test_recursive_listing_survives_a_symlink_loop(setup, tmp_path):
+    import os
+
+    model, _ = setup
+    test = image_folder(tmp_path / "t", ["1", "sub/2"], seed=7)
+    os.symlink(".", test / "loop")
+    out = tmp_path / "s.csv"
+    r = _predict(test, "-m", model, "-o", out, "--recursive", "--id-from", "relpath")
+    assert r.exit_code == 0, r.output
+    assert [x[0] for x in read_csv(out)[1:]] == ["1.png", "sub/2.png"]  # each real image once
+    assert "skipped 1 file(s): link to a folder already listed" in r.output
+
+
+def test_submission_gets_the_mode_a_plain_open_gives(setup, tmp_path):
+    import stat
+
+    model, test = setup
+    out = tmp_path / "submission.csv"
+    r = _predict_process(test, "-m", model, "-o", out, umask=0o022)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644

@@ -1,7 +1,8 @@
 """Which files to predict and what each row is called: listing, ids, ordering, shards.
 
-Made for very large test folders: the folder is walked lazily with os.scandir and only two short
-strings per file are kept (its path relative to the root and its id), never decoded data.
+Made for very large test folders: the folder is walked lazily (cvtool.data.walk_images, the lister
+evaluate and training use too) and only two short strings per file are kept (its path relative to
+the root and its id), never decoded data.
 Ordering needs every id (numeric ids sort numerically, so the last file listed may come first),
 which is why the list is built before decoding starts.
 """
@@ -11,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal, get_args
 
-from cvtool.data import IMAGE_EXTENSIONS, natural_key
+from cvtool.data import DataError, natural_key, walk_images
 from cvtool.errors import CvtoolError
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "in_shard",
     "list_items",
     "parse_shard",
+    "shard_from_env",
 ]
 
 IdFrom = Literal["stem", "name", "relpath"]
@@ -69,14 +71,83 @@ def ids_digest(ids: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """ "I/N" → (I, N), 1 ≤ I ≤ N: this run predicts shard I of N."""
+def parse_shard(text: str, shards: int | None = None, env: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """ "I/N" → (I, N), 1 ≤ I ≤ N: this run predicts shard I of N; "auto": from the scheduler
+    (shard_from_env). `shards` (--shards N), when given, must agree."""
+    if text.strip().lower() == "auto":
+        return shard_from_env(shards, env)
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise SourceError(f"--shard takes I/N (e.g. 2/4), got {text!r}") from None
+        raise SourceError(f"--shard takes I/N (e.g. 2/4) or auto, got {text!r}") from None
     if not 1 <= i <= n:
         raise SourceError(f"--shard {text}: I must be between 1 and N")
+    if shards is not None and shards != n:
+        raise SourceError(f"--shard {text} but --shards {shards}: give one or make them agree")
+    return i, n
+
+
+def _env_int(env: Mapping[str, str], name: str, low: int = 0) -> int:
+    value = env[name]
+    try:
+        n = int(value)
+    except ValueError:
+        n = low - 1
+    if n < low:
+        raise SourceError(f"--shard auto: {name}={value!r} is not a whole number ≥ {low}")
+    return n
+
+
+def shard_from_env(shards: int | None, env: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """(I, N) for this task of a SLURM job array or a Kubernetes Indexed Job.
+
+    SLURM (--array=MIN-MAX:STEP): I = (SLURM_ARRAY_TASK_ID - MIN) / STEP + 1 of
+    N = SLURM_ARRAY_TASK_COUNT. Kubernetes: I = JOB_COMPLETION_INDEX + 1 of N = `shards`, which
+    must be given (a pod is not told the completion count). SourceError otherwise.
+    """
+    if shards is not None and shards < 1:
+        raise SourceError(f"--shards must be at least 1, got {shards}")
+    if "SLURM_ARRAY_TASK_ID" in env:
+        return _slurm_shard(shards, env)
+    if "JOB_COMPLETION_INDEX" in env:
+        index = _env_int(env, "JOB_COMPLETION_INDEX")
+        if shards is None:
+            raise SourceError(
+                f"--shard auto: JOB_COMPLETION_INDEX={index} (a Kubernetes Indexed Job) does not say "
+                "how many shards there are: pass --shards N (the Job's completions)"
+            )
+        if index >= shards:
+            raise SourceError(f"--shard auto: JOB_COMPLETION_INDEX={index} is not below --shards {shards}")
+        return index + 1, shards
+    raise SourceError(
+        "--shard auto: neither SLURM_ARRAY_TASK_ID (a SLURM job array) nor JOB_COMPLETION_INDEX "
+        "(a Kubernetes Indexed Job) is set; give --shard I/N"
+    )
+
+
+def _slurm_shard(shards: int | None, env: Mapping[str, str]) -> tuple[int, int]:
+    # sbatch sets all of these in every task of an array; STEP and MAX are only cross-checks.
+    absent = [v for v in ("SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT") if v not in env]
+    if absent:
+        raise SourceError(
+            f"--shard auto: SLURM_ARRAY_TASK_ID is set but {', '.join(absent)} not set; give --shard I/N"
+        )
+    task = _env_int(env, "SLURM_ARRAY_TASK_ID")
+    low = _env_int(env, "SLURM_ARRAY_TASK_MIN")
+    n = _env_int(env, "SLURM_ARRAY_TASK_COUNT", low=1)
+    step = _env_int(env, "SLURM_ARRAY_TASK_STEP", low=1) if "SLURM_ARRAY_TASK_STEP" in env else 1
+    high = _env_int(env, "SLURM_ARRAY_TASK_MAX") if "SLURM_ARRAY_TASK_MAX" in env else low + step * (n - 1)
+    where = f"--array={low}-{high}" + (f":{step}" if step != 1 else "")
+    if high != low + step * (n - 1):
+        raise SourceError(
+            f"--shard auto: the SLURM array ({n} tasks from {low} to {high}) is not an evenly spaced "
+            "range; use --array=MIN-MAX[:STEP], or give --shard I/N"
+        )
+    if task < low or task > high or (task - low) % step:
+        raise SourceError(f"--shard auto: SLURM_ARRAY_TASK_ID={task} is not in {where}")
+    i = (task - low) // step + 1
+    if shards is not None and shards != n:
+        raise SourceError(f"--shard auto: --shards {shards} but SLURM_ARRAY_TASK_COUNT={n} ({where})")
     return i, n
 
 
@@ -108,30 +179,6 @@ class Items:
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
-
-
-def _walk(root: Path, recursive: bool, items: Items) -> Iterator[str]:
-    """Relative POSIX paths of the image files under root, lazily; counts what it passes over."""
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        with os.scandir(root / rel_dir if rel_dir else root) as it:
-            for entry in it:
-                name = entry.name
-                if name.startswith("."):  # .DS_Store, ._foo.jpg (macOS), .git, …
-                    items.skip("hidden file")
-                    continue
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                if entry.is_dir():
-                    if recursive:
-                        stack.append(rel)
-                    elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                        items.skip("directory named like an image")
-                    continue
-                if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
-                    items.skip("not an image extension")
-                    continue
-                yield rel
 
 
 def _read_list(root: Path, files: Path) -> Iterator[str]:
@@ -175,8 +222,14 @@ def list_items(
     items = Items(root=root, relpaths=[], ids=[])
     if id_from not in ID_FROM:
         raise SourceError(f"--id-from must be one of {', '.join(ID_FROM)}, got {id_from!r}")
-    source = _read_list(root, Path(files)) if files is not None else _walk(root, recursive, items)
-    pairs = [(id_of(rel, id_from), rel) for rel in source]
+    if files is not None:
+        source = _read_list(root, Path(files))
+    else:
+        source = walk_images(root, recursive, items.skipped)
+    try:
+        pairs = [(id_of(rel, id_from), rel) for rel in source]
+    except DataError as e:  # the folder itself cannot be read
+        raise SourceError(str(e)) from None
     if not pairs:
         where = files if files is not None else root
         raise SourceError(
