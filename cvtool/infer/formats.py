@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -36,6 +36,7 @@ __all__ = [
     "SampleSubmission",
     "format_for",
     "write_rows",
+    "write_table",
 ]
 
 LabelKind = Literal["name", "index", "prob"]
@@ -153,19 +154,19 @@ class Collector:
     def fill(self, rows: Sequence[int]) -> None:
         """Give unread rows the prediction of the run as a whole: the most often predicted classes
         (probabilities: their mean over the images that were read; uniform if none was)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if not len(rows):
+        idx = np.asarray(rows, dtype=np.int64)
+        if not len(idx):
             return
         n_ok = int(self.counts.sum())
         mean = self.prob_sum / n_ok if n_ok else np.full(len(self.names), 1.0 / len(self.names))
         # Most predicted first; ties broken by mean probability, then class index.
         ranked = np.lexsort((np.arange(len(self.names)), -mean, -self.counts))
-        self.top[rows] = ranked[: self.top.shape[1]]
+        self.top[idx] = ranked[: self.top.shape[1]]
         if self.spec.probs:
-            self.values[rows] = mean
+            self.values[idx] = mean
         elif self.spec.label == "prob":
-            self.values[rows, 0] = mean[self._pos]
-        self.ok[rows] = True
+            self.values[idx, 0] = mean[self._pos]
+        self.ok[idx] = True
 
     def row_values(self, i: int) -> list[Any]:
         """The value columns of row i (str labels, int indices or float probabilities)."""
@@ -202,7 +203,11 @@ class SampleSubmission:
         if not ids:
             raise FormatError(f"{path}: no rows")
         seen: set[str] = set()
-        dups = [i for i in ids if i in seen or seen.add(i)]
+        dups = []
+        for i in ids:
+            if i in seen:
+                dups.append(i)
+            seen.add(i)
         if dups:
             raise FormatError(f"{path}: {len(dups)} duplicate id(s) such as {dups[:3]}")
         return cls(path, [h.strip() for h in header], ids)
@@ -265,6 +270,36 @@ def _rows(ids: Sequence[str], coll: Collector, order: Iterator[int], columns: np
         yield ids[i], values
 
 
+def write_table(
+    path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str = "csv"
+) -> int:
+    """Write rows (the id, then the values) as csv, json (a list of objects) or jsonl; atomically.
+
+    Zero rows still make a valid file: a header line, `[]`, or an empty file. Returns the rows written.
+    """
+    if fmt not in OUTPUT_FORMATS:
+        raise FormatError(f"unknown output format {fmt!r}")
+    n = 0
+    header = list(header)
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
+        if fmt == "csv":
+            w = csv.writer(f)
+            w.writerow(header)
+            for row in rows:
+                w.writerow(row)
+                n += 1
+        else:
+            sep = "\n" if fmt == "jsonl" else ",\n"
+            if fmt == "json":
+                f.write("[\n")
+            for row in rows:
+                obj = dict(zip(header, row, strict=True))
+                f.write((sep if n else "") + json.dumps(obj, ensure_ascii=False))
+                n += 1
+            f.write("\n]\n" if fmt == "json" else ("\n" if n else ""))
+    return n
+
+
 def write_rows(
     path: str | os.PathLike,
     header: Sequence[str],
@@ -279,24 +314,5 @@ def write_rows(
 
     `columns` reorders the value columns (to match a sample file). Returns the number of rows.
     """
-    n = 0
-    header = list(header)
-    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
-        if fmt == "csv":
-            w = csv.writer(f)
-            w.writerow(header)
-            for id_, values in _rows(ids, coll, iter(rows), columns):
-                w.writerow([id_, *values])
-                n += 1
-        elif fmt in ("json", "jsonl"):
-            sep = "\n" if fmt == "jsonl" else ",\n"
-            if fmt == "json":
-                f.write("[\n")
-            for id_, values in _rows(ids, coll, iter(rows), columns):
-                obj = dict(zip(header, [id_, *values], strict=True))
-                f.write((sep if n else "") + json.dumps(obj, ensure_ascii=False))
-                n += 1
-            f.write("\n]\n" if fmt == "json" else ("\n" if n else ""))
-        else:
-            raise FormatError(f"unknown output format {fmt!r}")
-    return n
+    table = ([id_, *values] for id_, values in _rows(ids, coll, iter(rows), columns))
+    return write_table(path, header, table, fmt)
