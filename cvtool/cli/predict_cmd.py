@@ -119,9 +119,9 @@ def predict(
 
     weights = _floats(model_weights, "--model-weights")
     spec = OutputSpec(label=label, probs=probs, topk=topk, clip=clip, positive=positive)
-    shard_ix = parse_shard(shard) if shard is not None else None
-    if shards is not None and shard != "auto":
-        raise OptionError("--shards goes with --shard auto")
+    if shards is not None and shard is None:
+        raise OptionError("--shards goes with --shard auto (or I/N)")
+    shard_ix = parse_shard(shard, shards) if shard is not None else None
     sample = SampleSubmission.read(sample_submission) if sample_submission is not None else None
     # TensorRT sizes its engine for the largest batch: it needs the batch size up front.
     trt_batch = batch_size or default_batch_size("TensorrtExecutionProvider")
