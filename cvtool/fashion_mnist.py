@@ -156,12 +156,12 @@ def prepare(
         list(pool.map(_write_png, jobs, chunksize=256))
 
     answers = sorted(zip(ids, arrays["test_labels"], strict=True))
-    with open(tmp / "test_labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
+    with open(tmp / "test_labels.csv", "w", newline="") as key_file:
+        w = csv.writer(key_file)
         w.writerow(["id", "label"])
         w.writerows((i, folders[y]) for i, y in answers)
-    with open(tmp / "sample_submission.csv", "w", newline="") as f:
-        w = csv.writer(f)
+    with open(tmp / "sample_submission.csv", "w", newline="") as sample_file:
+        w = csv.writer(sample_file)
         w.writerow(["id", "label"])
         w.writerows((i, folders[0]) for i, _ in answers)
 
