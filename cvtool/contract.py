@@ -25,6 +25,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CardError",
     "ModelCard",
+    "check_card_fits_graph",
     "resolve_card",
 ]
 
@@ -47,10 +48,29 @@ class CardError(CvtoolError, ValueError):
 class ModelCard:
     """How to feed a model and read its output.
 
-    Preprocessing, in order: decode → convert to `channels` (1 = L, 3 = RGB) → resize
-    (`stretch`: straight to `input_size`; `shorter_crop`: shorter side to
-    floor(min(input_size) / crop_pct), then center-crop `input_size`) with `interpolation`
-    → float32 × `scale` → (x - mean) / std per channel → (C, H, W).
+    Preprocessing, in order:
+
+    1. decode; with `jpeg_draft` (the default) a large JPEG is decoded at 1/2, 1/4 or 1/8 scale
+       by the DCT, the smallest that stays at least twice the resize below (faster, slightly
+       different pixels); `jpeg_draft=False` decodes every JPEG at full size, for exact parity
+       with a full decode + resize (torchvision). EXIF orientation applied.
+    2. convert to `channels` (1 = L, 3 = RGB).
+    3. resize with `interpolation` (Pillow's filter). `stretch`: straight to `input_size`.
+       `shorter_crop`: with input_size (h, w), the cover size is (H', W') = (floor(h / crop_pct),
+       floor(w / crop_pct)). The image side whose cover/side ratio is larger "binds" (the height
+       on a tie) and is resized to its cover size exactly; the other side becomes
+       int(cover * other / binding), truncated, computed in that order, and never below its
+       own cover size. For square sizes this is torchvision's Resize(floor(size / crop_pct)):
+       shorter side → S, longer side → int(S * long / short).
+    4. center-crop `input_size`, offsets round((resized - crop) / 2) (half to even), as
+       torchvision's CenterCrop.
+    5. float32: x / (1 / scale), - mean, / std per channel (torchvision's ToTensor + Normalize,
+       in that order) → (C, H, W).
+
+    Serialisation: `jpeg_draft` is left out of the JSON while it is True, so such cards stay
+    readable by cvtool versions from before the field; `from_dict` accepts it either way. A card
+    with `jpeg_draft` False is refused by those versions ("unknown fields"), as it should be,
+    since they would decode differently.
     """
 
     class_names: tuple[str, ...]
@@ -63,6 +83,7 @@ class ModelCard:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     output: str = "logits"
+    jpeg_draft: bool = True
     schema_version: int = SCHEMA_VERSION
     # Free-form provenance (architecture, training run); never used for preprocessing.
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -112,6 +133,8 @@ class ModelCard:
             raise CardError("card std must not contain 0")
         if self.output not in OUTPUT_KINDS:
             raise CardError(f"card output must be one of {OUTPUT_KINDS}, got {self.output!r}")
+        if not isinstance(self.jpeg_draft, bool):
+            raise CardError(f"card jpeg_draft must be true or false, got {self.jpeg_draft!r}")
 
     # --- serialisation -------------------------------------------------------------------------
 
@@ -121,6 +144,9 @@ class ModelCard:
         d["input_size"] = list(self.input_size)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        if self.jpeg_draft:
+            # The default is left out, so cvtool versions from before the field read the card.
+            del d["jpeg_draft"]
         return d
 
     def to_json(self) -> str:
@@ -152,23 +178,70 @@ class ModelCard:
         return cls.from_dict(d)
 
     def describe(self) -> str:
-        """A few human-readable lines, for --verbose."""
+        """A few human-readable lines, for --verbose: the preprocessing rule with this card's numbers."""
         names = ", ".join(self.class_names[:10]) + (" …" if self.num_classes > 10 else "")
         h, w = self.input_size
-        resize = (
-            f"shorter side → {math.floor(min(h, w) / self.crop_pct)}, center-crop {h}×{w}"
-            if self.resize == "shorter_crop"
-            else f"stretch to {h}×{w}"
+        crop = f"center-crop {h}×{w} (offsets round((resized - crop) / 2), half to even)"
+        if self.resize == "stretch":
+            resize = f"stretch to {h}×{w}"
+        else:
+            ch, cw = math.floor(h / self.crop_pct), math.floor(w / self.crop_pct)
+            if ch == cw:
+                resize = f"shorter side → {ch}, longer side → int({ch} × long / short), {crop}"
+            else:
+                resize = (
+                    f"cover {ch}×{cw} (h×w): the side with the larger cover/side ratio (height on a "
+                    f"tie) → its cover size, the other → int(cover × other / binding side), {crop}"
+                )
+        decode = (
+            "JPEG draft on (large JPEGs decoded at 1/2, 1/4 or 1/8 scale, still ≥ 2× the resize)"
+            if self.jpeg_draft
+            else "JPEG draft off (full-size decode)"
         )
         return "\n".join(
             [
                 f"classes ({self.num_classes}): {names}",
                 f"input: {self.channels}×{h}×{w} ({'grayscale' if self.channels == 1 else 'RGB'})",
+                f"decode: {decode}",
                 f"resize: {resize}, {self.interpolation}",
-                f"values: ×{self.scale:.6g}, mean {list(self.mean)}, std {list(self.std)}",
+                f"values: x / {1 / self.scale:.6g}, - mean {list(self.mean)}, / std {list(self.std)}",
                 f"output: {self.output}",
             ]
         )
+
+
+def _fixed(dim: object) -> int | None:
+    """A graph dimension's size when it is fixed; None when dynamic (None or a symbolic name)."""
+    return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 else None
+
+
+def check_card_fits_graph(
+    card: ModelCard,
+    *,
+    num_outputs: int | None = None,
+    input_channels: int | None = None,
+    input_hw: tuple[int | str | None, int | str | None] | None = None,
+) -> None:
+    """Raise CardError when the card disagrees with what the graph fixes.
+
+    Checked when the graph fixes them: the output size against the class count, the input
+    channels, and the input height and width against `input_size`. Dynamic dimensions (None or
+    symbolic) are not checked.
+    """
+    if num_outputs is not None and num_outputs != card.num_classes:
+        raise CardError(
+            f"the card names {card.num_classes} classes but the model outputs {num_outputs} values"
+        )
+    if input_channels is not None and input_channels != card.channels:
+        raise CardError(f"the card says {card.channels} input channels but the model takes {input_channels}")
+    fh, fw = (_fixed(d) for d in input_hw) if input_hw else (None, None)
+    h, w = card.input_size
+    if (fh is not None and fh != h) or (fw is not None and fw != w):
+        if fh is not None and fw is not None:
+            fixed = f"{fh}×{fw}"
+        else:
+            fixed = f"height {fh}" if fh is not None else f"width {fw}"
+        raise CardError(f"the card's input size {h}×{w} does not match the model's fixed input {fixed}")
 
 
 def resolve_card(
@@ -177,12 +250,12 @@ def resolve_card(
     *,
     num_outputs: int | None = None,
     input_channels: int | None = None,
-    input_hw: tuple[int | None, int | None] | None = None,
+    input_hw: tuple[int | str | None, int | str | None] | None = None,
 ) -> ModelCard:
     """Combine the card found in a model file with CLI overrides (CLI > file > defaults).
 
     `num_outputs`, `input_channels` and `input_hw` come from the model graph; they fill gaps for
-    models without a card and catch cards that disagree with the graph.
+    models without a card, and `check_card_fits_graph` refuses a result that disagrees with them.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if file_card is not None:
@@ -198,7 +271,7 @@ def resolve_card(
             base["class_names"] = [str(i) for i in range(num_outputs)]
         if input_channels in (1, 3):
             base["channels"] = input_channels
-        if input_hw and all(isinstance(v, int) and v > 0 for v in input_hw):
+        if input_hw and all(_fixed(v) is not None for v in input_hw):
             base["input_size"] = list(input_hw)
     merged = {**base, **overrides}
     # Defaults for mean/std are ImageNet's (3 channels); a 1-channel model without its own
@@ -208,10 +281,5 @@ def resolve_card(
         if key not in merged and channels == 1:
             merged[key] = [default]
     card = ModelCard.from_dict(merged)
-    if num_outputs is not None and num_outputs != card.num_classes:
-        raise CardError(
-            f"the card names {card.num_classes} classes but the model outputs {num_outputs} values"
-        )
-    if input_channels is not None and input_channels != card.channels:
-        raise CardError(f"the card says {card.channels} input channels but the model takes {input_channels}")
+    check_card_fits_graph(card, num_outputs=num_outputs, input_channels=input_channels, input_hw=input_hw)
     return card

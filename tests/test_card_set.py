@@ -138,7 +138,10 @@ def test_card_set_merges_over_an_existing_card_in_place(foreign, tmp_path):
     "flags,message",
     [
         (["--classes", "a,b"], "names 2 classes but the model outputs 3"),
-        (["--classes", "a,b,c", "--size", "32"], "fixed height of 64"),
+        (
+            ["--classes", "a,b,c", "--size", "32"],
+            "the card's input size 32×32 does not match the model's fixed input 64×64",
+        ),
         (["--classes", "a,b,c", "--channels", "1"], "card says 1 input channels but the model takes 3"),
         (["--classes", "a,b,c", "--mean", "0.5"], "mean has 1 values but the model has 3 channels"),
     ],

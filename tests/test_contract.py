@@ -189,3 +189,86 @@ def test_resolve_override_class_count_mismatch_raises():
 def test_resolve_channel_mismatch_raises():
     with pytest.raises(CardError, match="3 input channels but the model takes 1"):
         resolve_card(_card(), num_outputs=3, input_channels=1)
+
+
+def test_resolve_card_size_must_match_a_fixed_graph_input():
+    with pytest.raises(
+        CardError, match=r"^the card's input size 64×48 does not match the model's fixed input 28×28$"
+    ):
+        resolve_card(_card(), num_outputs=3, input_channels=3, input_hw=(28, 28))
+    with pytest.raises(CardError, match="input size 32×32 does not match the model's fixed input 28×28"):
+        resolve_card(_card(), {"input_size": [32, 32]}, num_outputs=3, input_hw=(28, 28))
+    # One fixed axis is checked on its own; the other may be anything.
+    with pytest.raises(CardError, match="input size 64×48 does not match the model's fixed input height 28"):
+        resolve_card(_card(), input_hw=(28, None))
+    with pytest.raises(CardError, match="input size 64×48 does not match the model's fixed input width 28"):
+        resolve_card(_card(), input_hw=("h", 28))
+
+
+def test_resolve_card_dynamic_or_matching_graph_input_is_accepted():
+    card = _card()
+    for hw in [(64, 48), (None, None), ("height", "width"), (64, None), (None, 48), None]:
+        assert resolve_card(card, num_outputs=3, input_channels=3, input_hw=hw) == card
+    # Without a file card the graph's fixed size fills the gap, and then of course matches.
+    assert resolve_card(None, {"class_names": ["a"]}, input_hw=(28, 28)).input_size == (28, 28)
+
+
+# --- jpeg_draft ---------------------------------------------------------------------------------
+
+# The fields of a card as cvtool wrote them before jpeg_draft existed.
+OLD_FIELDS = {
+    "class_names", "channels", "input_size", "resize", "crop_pct", "interpolation", "scale", "mean",
+    "std", "output", "schema_version", "extra",
+}  # fmt: skip
+
+
+def test_jpeg_draft_default_is_left_out_so_older_versions_read_the_card():
+    card = _card()
+    assert card.jpeg_draft is True
+    assert set(card.to_dict()) == OLD_FIELDS
+    assert "jpeg_draft" not in card.to_json()
+    assert ModelCard.from_json(card.to_json()) == card
+
+
+def test_jpeg_draft_false_is_written_and_read_back():
+    card = _card(jpeg_draft=False)
+    d = json.loads(card.to_json())
+    assert d["jpeg_draft"] is False
+    back = ModelCard.from_json(card.to_json())
+    assert back.jpeg_draft is False and back == card and back != _card()
+    # Given explicitly as true, it is accepted and means the default.
+    assert ModelCard.from_dict({**_card().to_dict(), "jpeg_draft": True}) == _card()
+
+
+def test_jpeg_draft_override_and_validation():
+    assert resolve_card(_card(), {"jpeg_draft": False}).jpeg_draft is False
+    with pytest.raises(CardError, match="jpeg_draft must be true or false"):
+        ModelCard.from_dict({**_card().to_dict(), "jpeg_draft": "no"})
+
+
+# --- describe() states the rule the code runs ---------------------------------------------------
+
+
+def test_describe_states_pre_crop_size_for_a_non_square_card():
+    import re
+
+    from cvtool.images import pre_crop_size
+
+    card = ModelCard(class_names=("a",), input_size=(224, 320), crop_pct=0.875)
+    text = card.describe()
+    m = re.search(r"cover (\d+)×(\d+) \(h×w\)", text)
+    assert m, text
+    cover_h, cover_w = int(m[1]), int(m[2])
+    assert (cover_h, cover_w) == (256, 365)
+    assert "center-crop 224×320" in text
+    # A wide image: the height binds and gets the cover height; the width is truncated, not rounded.
+    assert pre_crop_size(card, 731, 512) == (int(cover_h * 731 / 512), cover_h) == (365, 256)
+    # A tall image: the width binds.
+    assert pre_crop_size(card, 500, 1001) == (cover_w, int(cover_w * 1001 / 500)) == (365, 730)
+    assert "int(" in text and "JPEG draft" in text
+    assert "JPEG draft off" in _card(jpeg_draft=False).describe()
+
+
+def test_describe_square_card_is_torchvision_resize():
+    card = ModelCard(class_names=("a",), input_size=(224, 224), crop_pct=0.875)
+    assert "shorter side → 256, longer side → int(256 × long / short), center-crop 224×224" in card.describe()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -291,3 +292,19 @@ def test_draft_respects_exif_rotation(tmp_path: Path):
     img = load_image(path, card)
     assert img.size[0] < img.size[1]  # orientation applied
     assert img.width >= 500  # actual: 125 (decoded at 1/4 scale, then upsampled 4×)
+
+
+def test_jpeg_draft_off_decodes_at_full_size(tmp_path: Path, monkeypatch):
+    from cvtool import images
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (2000, 1500), (200, 100, 50)).save(path, quality=90)
+    card = _card(3, (28, 28))
+    assert load_image(path, card).size == (250, 188)  # 1/8 scale with draft (the default)
+    full = dataclasses.replace(card, jpeg_draft=False)
+    assert load_image(path, full).size == (2000, 1500)
+    # The size check applies to what is decoded: without draft, the full size.
+    monkeypatch.setattr(images, "MAX_DECODED_PIXELS", 1_000_000)
+    assert load_image(path, card).size == (250, 188)
+    with pytest.raises(ImageError, match="too large: 2000×1500"):
+        load_image(path, full)

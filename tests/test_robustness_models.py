@@ -125,3 +125,83 @@ def test_fixed_batch_of_one_predicts_every_image(tmp_path):
     x = np.stack([load_and_preprocess(f, card) for f in files])
     expected = [card.class_names[k] for k in model.run(x).argmax(1)]  # run() pads/splits
     assert [row[1] for row in rows] == expected
+
+
+# --- the card against a fixed graph input -------------------------------------------------------
+
+FIXED_CARD = ModelCard(class_names=("a", "b", "c"), input_size=(28, 28))
+
+
+def fixed28(tmp_path, card=FIXED_CARD):
+    return linear_model(tmp_path / "fixed28.onnx", ["N", 3, 28, 28], k=3, card_json=card.to_json())
+
+
+def assert_one_line_error(r, message):
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output and "onnxruntime" not in r.output.lower()
+    assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_predict_size_disagreeing_with_fixed_input_is_one_clear_error(tmp_path):
+    m = fixed28(tmp_path)
+    r, out = predict(tmp_path, m, "--size", "32")
+    assert_one_line_error(r, f"{m}: the card's input size 32×32 does not match the model's fixed input 28×28")
+    assert not out.exists()
+
+
+def test_evaluate_size_disagreeing_with_fixed_input_is_one_clear_error(tmp_path):
+    m = fixed28(tmp_path)
+    images = image_dir(tmp_path)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\n" + "".join(f"{i},a\n" for i in range(1, 6)))
+    r = runner.invoke(
+        app,
+        ["evaluate", str(images), "--labels", str(labels), "--model", str(m), "-o", str(tmp_path / "ev"),
+         "--size", "32"],
+    )  # fmt: skip
+    assert_one_line_error(r, f"{m}: the card's input size 32×32 does not match the model's fixed input 28×28")
+
+
+def test_card_set_size_disagreeing_with_fixed_input_is_refused(tmp_path):
+    m = fixed28(tmp_path)
+    before = m.read_bytes()
+    r = runner.invoke(app, ["card", "set", str(m), "--size", "32"])
+    assert_one_line_error(r, f"{m}: the card's input size 32×32 does not match the model's fixed input 28×28")
+    assert m.read_bytes() == before
+    # The matching size is accepted.
+    r = runner.invoke(app, ["card", "set", str(m), "--size", "28", "--classes", "x,y,z"])
+    assert r.exit_code == 0, r.output
+
+
+def test_file_card_disagreeing_with_fixed_input_is_refused_at_open(tmp_path):
+    bad = ModelCard(class_names=("a", "b", "c"), input_size=(32, 24))
+    m = fixed28(tmp_path, bad)
+    with pytest.raises(
+        ModelError,
+        match=r"fixed28\.onnx: the card's input size 32×24 does not match the model's fixed input 28×28$",
+    ):
+        open_model(m, device="cpu")
+    # Fixed height only: the height is checked, the dynamic width is not.
+    h_only = with_dynamic_dims(
+        linear_model(tmp_path / "h_only.onnx", ["N", 3, 28, 28], k=3, card_json=bad.to_json()), {3: "w"}
+    )
+    with pytest.raises(ModelError, match="h_only.onnx: .* does not match the model's fixed input height 28$"):
+        open_model(h_only, device="cpu")
+
+
+def with_dynamic_dims(path, dims):
+    """Rewrite the declared input shape: axis → symbolic name (the graph itself is unchanged)."""
+    proto = onnx.load(str(path))
+    for axis, name in dims.items():
+        proto.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_dynamic_input_size_is_not_checked(tmp_path):
+    card = ModelCard(class_names=("a", "b", "c"), input_size=(32, 32))
+    m = linear_model(tmp_path / "dyn.onnx", ["N", 3, 28, 28], k=3, card_json=card.to_json())
+    m = with_dynamic_dims(m, {2: "h", 3: "w"})
+    assert open_model(m, device="cpu").card.input_size == (32, 32)
+    assert open_model(m, device="cpu", overrides={"input_size": (40, 20)}).card.input_size == (40, 20)

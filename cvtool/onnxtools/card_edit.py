@@ -51,11 +51,12 @@ def card_for_model(
     """Resolve the card for `model` (overrides > the file's card > defaults), checked against its graph.
 
     Raises OnnxFileError naming `path` when the graph is not an image classifier or disagrees with
-    the card (class count vs output size, channels, a fixed input size).
+    the card; the check is `resolve_card`'s, the same one predict and evaluate run at open_model
+    (class count vs output size, channels, and the input height and width where they are fixed).
     """
     io = graph_io(model, path)
     try:
-        card = resolve_card(
+        return resolve_card(
             read_card(model),
             overrides,
             num_outputs=io.num_outputs,
@@ -64,13 +65,6 @@ def card_for_model(
         )
     except CardError as e:
         raise OnnxFileError(f"{path}: {e}") from e
-    for axis, fixed, wanted in zip(("height", "width"), io.hw, card.input_size, strict=True):
-        if fixed is not None and fixed != wanted:
-            raise OnnxFileError(
-                f"{path}: the card's input size is {card.input_size[0]}×{card.input_size[1]} but the "
-                f"model's input {io.input_name!r} has a fixed {axis} of {fixed}"
-            )
-    return card
 
 
 def set_card(
