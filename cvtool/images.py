@@ -28,6 +28,7 @@ __all__ = [
     "normalize_into",
     "pre_crop_size",
     "resize_and_crop",
+    "to_channels",
 ]
 
 RESAMPLE = {
@@ -73,7 +74,7 @@ def pre_crop_size(card: ModelCard, width: int, height: int) -> tuple[int, int]:
     return sw, max(sh, int(sw * height / width))
 
 
-def _to_channels(img: Image.Image, channels: int) -> Image.Image:
+def to_channels(img: Image.Image, channels: int) -> Image.Image:
     """Convert any Pillow mode to L (channels=1) or RGB (channels=3)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit (or 32-bit int) grayscale: scale the full range to 8 bits instead of clipping.
@@ -121,7 +122,7 @@ def load_image(path: str | os.PathLike, card: ModelCard | None = None) -> Image.
                     f"(limit {MAX_DECODED_PIXELS:,}; a decompression bomb?)",
                 )
             img.load()
-            return _to_channels(ImageOps.exif_transpose(img), card.channels if card is not None else 3)
+            return to_channels(ImageOps.exif_transpose(img), card.channels if card is not None else 3)
     except FileNotFoundError as e:
         raise ImageError(path, "file not found") from e
     except PermissionError as e:

@@ -187,3 +187,16 @@ def test_card_show(foreign, rgb_model, tmp_path):
     assert ModelCard.from_dict(json.loads(r.stdout)) == open_model(rgb_model, device="cpu").card
     r = runner.invoke(app, ["card", "show", str(foreign[0])])
     assert r.exit_code == 1 and "no cvtool card" in r.output
+
+
+def test_card_set_no_jpeg_draft_is_stored_and_read_back(tmp_path):
+    # --no-jpeg-draft: exact parity with a full decode (torchvision), stored in the card.
+    from helpers_predict import linear_onnx
+
+    m = linear_onnx(tmp_path / "m.onnx", ("a", "b"))
+    r = runner.invoke(app, ["card", "set", str(m), "--no-jpeg-draft"])
+    assert r.exit_code == 0, r.output
+    assert read_card(onnx.load(str(m))).jpeg_draft is False
+    assert open_model(m, device="cpu").card.jpeg_draft is False
+    r = runner.invoke(app, ["card", "set", str(m), "--jpeg-draft"])
+    assert r.exit_code == 0 and read_card(onnx.load(str(m))).jpeg_draft is True

@@ -25,7 +25,16 @@ from cvtool.errors import CvtoolError
 if TYPE_CHECKING:
     from cvtool.infer.session import OnnxModel
 
-__all__ = ["CommandError", "console", "err_console", "fail", "open_onnx", "progress_bar", "require_torch"]
+__all__ = [
+    "CommandError",
+    "console",
+    "err_console",
+    "fail",
+    "open_onnx",
+    "progress_bar",
+    "report_models",
+    "require_torch",
+]
 
 # Markup off by default: paths and class names may contain [brackets]. Soft wrap: lines stay
 # whole in logs and pipes.
@@ -63,18 +72,24 @@ def open_onnx(
     threads: int | None = None,
     batch_size: int | None = None,
 ) -> OnnxModel:
-    """Open a model for a command: warn when it has no card, show the resolved card with --verbose."""
+    """Open a model for a command (see `report_models` for what it prints)."""
     from cvtool.infer.session import open_model
 
     m = open_model(model, device=device, overrides=overrides, threads=threads, batch_size=batch_size)
-    if not m.has_card and not overrides:
-        err_console.print(f"warning: {model} carries no cvtool card; using defaults (see --verbose)")
-    if verbose:
-        source = "file card" if m.has_card else "defaults"
-        console.print(f"{model} — card ({source}" + (" + CLI overrides" if overrides else "") + "):")
-        console.print(m.card.describe())
-        console.print(f"provider: {m.provider}")
+    report_models([m], overrides, verbose)
     return m
+
+
+def report_models(models: list[OnnxModel], overrides: dict[str, Any], verbose: bool) -> None:
+    """Warn about a model without a card; with --verbose, show each resolved card and provider."""
+    for m in models:
+        if not m.has_card and not overrides:
+            err_console.print(f"warning: {m.path} carries no cvtool card; using defaults (see --verbose)")
+        if verbose:
+            source = "file card" if m.has_card else "defaults"
+            console.print(f"{m.path} — card ({source}" + (" + CLI overrides" if overrides else "") + "):")
+            console.print(m.card.describe())
+            console.print(f"provider: {m.provider}")
 
 
 def progress_bar() -> Progress:

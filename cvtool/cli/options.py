@@ -83,6 +83,14 @@ _CARD_OPTIONS: dict[str, Any] = {
         typer.Option(help="shorter_crop: crop size / resized shorter side.", rich_help_panel=_CARD),
     ],
     "interpolation": Annotated[Interpolation | None, typer.Option(rich_help_panel=_CARD)],
+    "jpeg_draft": Annotated[
+        bool | None,
+        typer.Option(
+            "--jpeg-draft/--no-jpeg-draft",
+            help="Decode large JPEGs at reduced size (faster); off: exactly a full decode (torchvision).",
+            rich_help_panel=_CARD,
+        ),
+    ],
 }
 
 
@@ -102,6 +110,7 @@ def parse_card_overrides(
     resize: str | None = None,
     crop_pct: float | None = None,
     interpolation: str | None = None,
+    jpeg_draft: bool | None = None,
 ) -> dict[str, Any]:
     """Card fields from the command line; only those given (CLI > the file's card > defaults)."""
     o: dict[str, Any] = {}
@@ -123,7 +132,13 @@ def parse_card_overrides(
         o["mean"] = _floats(mean, "--mean")
     if std is not None:
         o["std"] = _floats(std, "--std")
-    given = {"channels": channels, "resize": resize, "crop_pct": crop_pct, "interpolation": interpolation}
+    given = {
+        "channels": channels,
+        "resize": resize,
+        "crop_pct": crop_pct,
+        "interpolation": interpolation,
+        "jpeg_draft": jpeg_draft,
+    }
     o.update({k: v for k, v in given.items() if v is not None})
     return o
 

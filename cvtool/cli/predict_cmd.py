@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cvtool.cli.common import console, err_console, open_onnx, progress_bar
+from cvtool.cli.common import console, err_console, progress_bar, report_models
 from cvtool.cli.options import (
     DeviceOpt,
     OptionError,
@@ -111,10 +111,9 @@ def predict(
     verbose: VerboseOpt = False,
 ) -> None:
     """Predict every image in TEST_DIR and write a Kaggle submission (id,label by default)."""
-    from cvtool.infer.ensemble import Ensemble
     from cvtool.infer.formats import OutputSpec, SampleSubmission
     from cvtool.infer.predict import predict_to_file
-    from cvtool.infer.session import default_batch_size
+    from cvtool.infer.predictor import Predictor
     from cvtool.infer.sources import list_items, parse_shard
 
     weights = _floats(model_weights, "--model-weights")
@@ -123,19 +122,20 @@ def predict(
         raise OptionError("--shards goes with --shard auto (or I/N)")
     shard_ix = parse_shard(shard, shards) if shard is not None else None
     sample = SampleSubmission.read(sample_submission) if sample_submission is not None else None
-    # TensorRT sizes its engine for the largest batch: it needs the batch size up front.
-    trt_batch = batch_size or default_batch_size("TensorrtExecutionProvider")
-    models = [open_onnx(p, device, card, verbose, threads=threads, batch_size=trt_batch) for p in model]
-    ens = Ensemble(models, weights)
-    spec.check(ens.class_names)
+    predictor = Predictor(
+        model, device, weights=weights, overrides=card, tta=tta,
+        batch_size=batch_size, workers=workers, threads=threads,
+    )  # fmt: skip
+    report_models(predictor.models, card, verbose)
+    spec.check(predictor.class_names)
     items = list_items(test_dir, recursive=recursive, files=files, id_from=id_from, shard=shard_ix)
     if shard_ix is not None:
         console.print(f"shard {shard_ix[0]}/{shard_ix[1]}: {len(items)} of {items.total_ids} files")
-    batch = batch_size or default_batch_size(ens.provider)
+    batch = predictor.batch_size
     with progress_bar() as progress:
         task = progress.add_task("predict", total=len(items))
         r = predict_to_file(
-            ens, items, output, spec,
+            predictor.ensemble, items, output, spec,
             output_format=output_format, sample=sample, columns=_names(columns), id_from=id_from,
             on_error=on_error, batch_size=batch, workers=workers, tta=tta, shard=shard_ix,
             on_progress=lambda n: progress.advance(task, n),

@@ -29,6 +29,7 @@ _PREPROCESSING_FIELDS = (
     "scale",
     "mean",
     "std",
+    "jpeg_draft",
 )
 
 
