@@ -163,7 +163,7 @@ def end_to_end(
 
 def decode_only(folder: Path, card, workers: int) -> float:
     """images/s of listing + decoding + preprocessing alone, with the pipeline's threads."""
-    from cvtool.infer.pipeline import decode_only as run
+    from cvtool.decode import decode_only as run
 
     t0 = time.perf_counter()
     n = run(sorted(folder.iterdir()), [card], workers=workers)

@@ -10,9 +10,10 @@ import pytest
 from helpers_predict import image_folder, linear_onnx, mirror_symmetric_image, noise_image
 
 from cvtool.contract import ModelCard
+from cvtool.decode import decode_batches, decode_only
 from cvtool.images import ImageError, load_and_preprocess, load_image, preprocess
 from cvtool.infer.ensemble import Ensemble, EnsembleError
-from cvtool.infer.pipeline import decode_batches, decode_only, predict_files, run_batches
+from cvtool.infer.pipeline import predict_files, run_batches
 from cvtool.infer.session import (
     DeviceError,
     _providers,
@@ -22,8 +23,8 @@ from cvtool.infer.session import (
     session_options,
     tensorrt_status,
 )
-from cvtool.infer.tta import num_views, views
 from cvtool.softmax import softmax
+from cvtool.tta import num_views, views
 
 NAMES = ("a", "b", "c")
 

@@ -19,7 +19,7 @@ from cvtool.cli.options import (
 from cvtool.infer.formats import LabelKind, OutputFormat
 from cvtool.infer.predict import OnError
 from cvtool.infer.sources import IdFrom
-from cvtool.infer.tta import TtaMode
+from cvtool.tta import TtaMode
 
 
 def _names(text: str | None) -> list[str] | None:

@@ -1,7 +1,8 @@
 """Two models side by side on real image files, and throughput at a fixed batch.
 
 Used to check an export against PyTorch (`cvtool export --verify`) and a reduced-precision file
-against its float32 original (`cvtool quantize --verify`). Both models see the same decoded,
+against its float32 original (`cvtool export --fp16/--int8 --verify`, `cvtool quantize --verify
+--bench`: both through `compare_files` and `compare_speed`). Both models see the same decoded,
 preprocessed batches (the card's one preprocessing, `cvtool.images`), so any difference is the
 model's. A model here is any function (N, C, H, W) float32 → (N, K) probabilities.
 """
@@ -10,20 +11,32 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cvtool.contract import ModelCard
-from cvtool.data import DataError, list_images
-from cvtool.infer.pipeline import decode_batches
-from cvtool.infer.session import OnnxModel
+from cvtool.data import DataError, labeled_files, list_images
+from cvtool.decode import decode_batches
+from cvtool.infer.session import OnnxModel, open_model
 
-__all__ = ["Comparison", "ProbFn", "compare_predictions", "throughput", "verification_set"]
+__all__ = [
+    "Comparison",
+    "ProbFn",
+    "Speed",
+    "VerifySet",
+    "compare_files",
+    "compare_predictions",
+    "compare_speed",
+    "throughput",
+    "verification_set",
+]
 
 ProbFn = Callable[[np.ndarray], np.ndarray]  # (N, C, H, W) float32 → (N, K) probabilities
+VerifySet = tuple[list[Path], list[int] | None]  # image files, and their labels when labeled
 
 
 @dataclass
@@ -54,9 +67,30 @@ class Comparison:
         return text
 
 
+@dataclass(frozen=True)
+class Speed:
+    """Images per second of a reference and a candidate model, measured alike on the CPU."""
+
+    reference: float
+    candidate: float
+    batch_size: int
+    threads: int
+
+    @property
+    def ratio(self) -> float:
+        """Candidate speed / reference speed (> 1: the candidate is faster)."""
+        return self.candidate / self.reference
+
+    def describe(self, ref: str, cand: str) -> str:
+        return (
+            f"speed (CPU, batch {self.batch_size}, {self.threads} threads): {ref} {self.reference:.1f} "
+            f"images/s, {cand} {self.candidate:.1f} images/s ({self.ratio:.2f}×)"
+        )
+
+
 def verification_set(
     data: str | os.PathLike, class_names: Sequence[str], labels_csv: str | os.PathLike | None = None
-) -> tuple[list[Path], list[int] | None]:
+) -> VerifySet:
     """Images to compare on, with labels when there are any.
 
     DATA is labeled when it is an ImageFolder tree (`DATA/<class>/<image>`, folders named after
@@ -68,8 +102,6 @@ def verification_set(
         raise DataError(f"{data}: not a directory")
     has_folders = any(p.is_dir() and not p.name.startswith(".") for p in data.iterdir())
     if labels_csv is not None or has_folders:
-        from cvtool.evaluate.run import labeled_files  # the one reader of labeled sets
-
         paths, labels, _ = labeled_files(data, list(class_names), labels_csv)
         if not paths:
             raise DataError(f"{data}: no labeled images found")
@@ -140,3 +172,36 @@ def throughput(model: OnnxModel, batch_size: int = 32, min_seconds: float = 1.0,
         model.run(x)
         times.append(time.perf_counter() - t0)
     return batch_size / float(np.median(times))
+
+
+def compare_files(
+    reference: str | os.PathLike,
+    candidate: str | os.PathLike,
+    verify_set: VerifySet,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+) -> Comparison:
+    """The ONNX file `candidate` against `reference` on `verify_set`'s images, on the CPU.
+
+    Both see the images through the reference's card (`overrides` > its file's card > defaults).
+    """
+    ref = open_model(reference, device="cpu", overrides=overrides, threads=threads)
+    cand = open_model(candidate, device="cpu", threads=threads)
+    files, labels = verify_set
+    return compare_predictions(files, ref.card, ref.run, cand.run, labels)
+
+
+def compare_speed(
+    reference: str | os.PathLike,
+    candidate: str | os.PathLike,
+    batch_size: int = 32,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+) -> Speed:
+    """Throughput of two ONNX files on the CPU, same batch size and threads (default: one per core)."""
+    n_threads = threads or os.cpu_count() or 1
+    ref = open_model(reference, device="cpu", overrides=overrides, threads=n_threads)
+    cand = open_model(candidate, device="cpu", threads=n_threads)
+    return Speed(throughput(ref, batch_size), throughput(cand, batch_size), batch_size, n_threads)

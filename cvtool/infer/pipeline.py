@@ -1,40 +1,28 @@
-"""Batched inference over image files: threaded decoding overlapping ONNX Runtime.
+"""Batched inference over image files: cvtool.decode's threaded decoding overlapping ONNX Runtime.
 
-A pool of decoding threads each turns a whole batch of files into arrays (Pillow and numpy
-release the GIL while decoding, resizing and normalising), writing straight into the batch
-buffer. At most `workers + 1` batches are decoded ahead of the model, so memory stays bounded
-however many files there are, while ONNX Runtime (which also releases the GIL) runs the oldest
-ready batch. Files are taken from an iterator one batch at a time: nothing requires the whole
-list of paths, let alone of images, in memory.
-
-A file that fails to decode is recorded with its reason; the run goes on.
+While the decoding threads prepare the next batches, ONNX Runtime (which releases the GIL) runs
+the oldest ready one. Files are taken from an iterator one batch at a time: nothing requires the
+whole list of paths, let alone of images, in memory. A file that fails to decode is recorded
+with its reason; the run goes on.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cvtool.contract import ModelCard
-from cvtool.images import ImageError, load_image
+from cvtool.decode import decoded, default_workers
 from cvtool.infer.ensemble import Ensemble
 from cvtool.infer.session import OnnxModel
-from cvtool.infer.tta import num_views, views_into
+from cvtool.tta import num_views
 
 __all__ = [
     "Batch",
     "Predictions",
-    "decode_batches",
-    "decode_only",
-    "default_workers",
     "predict_files",
     "run_batches",
 ]
@@ -66,59 +54,6 @@ class Batch:
     failed: list[tuple[int, str]]  # (position in `paths`, reason)
 
 
-def default_workers() -> int:
-    """Decoding threads: one per core, at most 8 (ONNX Runtime's own threads share the cores)."""
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def _decode_batch(
-    paths: Sequence[Path], cards: Sequence[ModelCard], tta: str
-) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]]]:
-    """Decode files into one (n_ok, V, C, H, W) float32 array per card; runs in a worker thread."""
-    v = num_views(tta)
-    bufs = [np.empty((len(paths), v, c.channels, *c.input_size), np.float32) for c in cards]
-    ok: list[int] = []
-    failed: list[tuple[int, str]] = []
-    for i, p in enumerate(paths):
-        try:
-            row = len(ok)
-            for buf, card in zip(bufs, cards, strict=True):
-                views_into(load_image(p, card), card, tta, buf[row])
-            ok.append(i)
-        except ImageError as e:
-            failed.append((i, e.reason))
-    return [b[: len(ok)] for b in bufs], ok, failed
-
-
-def _batched(items: Iterable[Path], n: int) -> Iterator[list[Path]]:
-    it = iter(items)
-    while chunk := list(itertools.islice(it, n)):
-        yield chunk
-
-
-def _decoded(
-    paths: Iterable[Path], cards: Sequence[ModelCard], images_per_batch: int, workers: int, tta: str
-) -> Iterator[tuple[list[Path], list[np.ndarray], list[int], list[tuple[int, str]]]]:
-    """(paths, arrays per card, ok positions, failures) per batch, in input order, decoded ahead."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cvtool-decode") as pool:
-        pending: deque[tuple[list[Path], Future]] = deque()
-        chunks = _batched(paths, images_per_batch)
-
-        def fill() -> None:
-            # One batch per worker being decoded, plus one ready and waiting for the model.
-            while len(pending) < workers + 1:
-                chunk = next(chunks, None)
-                if chunk is None:
-                    return
-                pending.append((chunk, pool.submit(_decode_batch, chunk, cards, tta)))
-
-        fill()
-        while pending:
-            chunk, fut = pending.popleft()
-            fill()
-            yield chunk, *fut.result()
-
-
 def run_batches(
     model: OnnxModel | Ensemble,
     paths: Iterable[Path],
@@ -138,7 +73,7 @@ def run_batches(
     per_batch = max(1, batch_size // num_views(tta))
     workers = workers or default_workers()
     k = ens.num_classes
-    for chunk, arrays, ok, failed in _decoded(paths, ens.cards, per_batch, workers, tta):
+    for chunk, arrays, ok, failed in decoded(paths, ens.cards, per_batch, workers, tta):
         probs = ens.predict(arrays) if ok else np.zeros((0, k), np.float32)
         yield Batch(paths=chunk, ok=ok, probs=probs, failed=failed)
 
@@ -175,25 +110,3 @@ def predict_files(
     )
 
 
-def decode_batches(
-    paths: Sequence[Path], card: ModelCard, batch_size: int, workers: int | None = None
-) -> Iterator[tuple[list[Path], np.ndarray, dict[Path, str]]]:
-    """Yield (decoded paths, (n, C, H, W) float32 batch, {failed path: reason}) in input order."""
-    for chunk, (arr,), ok, failed in _decoded(
-        paths, [card], batch_size, workers or default_workers(), "none"
-    ):
-        yield [chunk[i] for i in ok], arr[:, 0], {chunk[i]: r for i, r in failed}
-
-
-def decode_only(
-    paths: Iterable[Path], cards: Sequence[ModelCard], batch_size: int = 32, workers: int | None = None
-) -> int:
-    """Decode and preprocess `paths` as the pipeline does, without a model; returns the file count.
-
-    The floor for small images, where decoding rather than the model limits the speed
-    (bench/predict_speed.py compares the two).
-    """
-    n = 0
-    for chunk, *_ in _decoded(paths, cards, batch_size, workers or default_workers(), "none"):
-        n += len(chunk)
-    return n

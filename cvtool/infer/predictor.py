@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -22,13 +22,13 @@ from cvtool.images import to_channels
 from cvtool.infer.ensemble import Ensemble
 from cvtool.infer.pipeline import run_batches
 from cvtool.infer.session import Device, OnnxModel, default_batch_size, open_model
-from cvtool.infer.tta import TtaMode, num_views, views_into
+from cvtool.tta import TtaMode, num_views, views_into
 
 __all__ = ["Prediction", "Predictor"]
 
-PathLike = Union[str, os.PathLike]
-# What predict() takes: one item or a sequence of them, or an (N, H, W, C) / (N, H, W) uint8 batch.
-ImageLike = Union[PathLike, Image.Image, np.ndarray]
+PathLike = str | os.PathLike
+# What predict() takes: one of these, a sequence of them, or an (N, H, W, C) uint8 batch.
+ImageLike = PathLike | Image.Image | np.ndarray
 
 
 @dataclass

@@ -39,12 +39,21 @@ import onnx
 
 from cvtool.contract import ModelCard
 from cvtool.data import DataError, list_images
+from cvtool.decode import decode_batches
 from cvtool.errors import CvtoolError
-from cvtool.infer.pipeline import decode_batches
 from cvtool.onnxtools.card_edit import card_for_model, read_card, write_card
 from cvtool.onnxtools.model_file import OnnxFileError, graph_io, load_onnx, save_onnx
 
-__all__ = ["QuantizeError", "QuantSettings", "calibration_files", "quantize_model"]
+__all__ = [
+    "ActivationType",
+    "CalibMethod",
+    "QuantFormatName",
+    "QuantizeError",
+    "QuantizeResult",
+    "QuantSettings",
+    "calibration_files",
+    "quantize_model",
+]
 
 QuantFormatName = Literal["qdq", "qoperator"]
 ActivationType = Literal["uint8", "int8"]
@@ -62,16 +71,18 @@ class QuantizeError(CvtoolError, RuntimeError):
 class QuantSettings:
     """How to quantize; the defaults are the measured choice (see the module docstring)."""
 
-    format: str = "qdq"
-    activations: str = "uint8"
+    format: QuantFormatName = "qdq"
+    activations: ActivationType = "uint8"
     reduce_range: bool = True
     per_channel: bool = True
-    method: str = "minmax"
+    method: CalibMethod = "minmax"
 
     def __post_init__(self) -> None:
         for name, allowed in (("format", FORMATS), ("activations", ACTIVATIONS), ("method", METHODS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise QuantizeError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
 
     def describe(self) -> str:
         weights = "int8 " + ("per-channel" if self.per_channel else "per-tensor") + " weights"
@@ -80,6 +91,20 @@ class QuantSettings:
             f"activations, {weights}{' (reduced range)' if self.reduce_range else ''}, "
             f"{self.method} calibration"
         )
+
+
+@dataclass
+class QuantizeResult:
+    """What quantize_model wrote and how it was calibrated."""
+
+    path: Path
+    card: ModelCard  # the card written into the result (marked precision: int8)
+    had_card: bool  # whether the input file carried a card
+    settings: QuantSettings
+    calibrated: int  # images used for calibration
+    failed: dict[Path, str]  # calibration file → why it could not be read
+    bytes_in: int
+    bytes_out: int
 
 
 def calibration_files(data: str | os.PathLike, n: int = 256, seed: int = 0) -> list[Path]:
@@ -159,13 +184,11 @@ def quantize_model(
     settings: QuantSettings | None = None,
     batch_size: int = 32,
     on_progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+) -> QuantizeResult:
     """Quantize the float32 model at `model_path` to INT8, calibrated on the image files `calib`.
 
     The card used for calibration is resolved as for predict (overrides > the file's card >
-    defaults) and written into the result. Returns a summary: path, card, had_card (whether the
-    input file carried one), settings, calibrated (images used), failed ({file: reason}), bytes_in,
-    bytes_out.
+    defaults) and written into the result.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -222,13 +245,13 @@ def quantize_model(
     except onnx.checker.ValidationError as e:
         raise OnnxFileError(f"{out_path}: the quantized graph fails onnx.checker: {e}") from e
     size = save_onnx(quantized, out_path)
-    return {
-        "path": out_path,
-        "card": card,
-        "had_card": read_card(model) is not None,
-        "settings": settings,
-        "calibrated": reader.used,
-        "failed": reader.failed,
-        "bytes_in": model_path.stat().st_size,
-        "bytes_out": size,
-    }
+    return QuantizeResult(
+        path=out_path,
+        card=card,
+        had_card=read_card(model) is not None,
+        settings=settings,
+        calibrated=reader.used,
+        failed=reader.failed,
+        bytes_in=model_path.stat().st_size,
+        bytes_out=size,
+    )
