@@ -164,5 +164,5 @@ def card_options(func: F) -> F:
     params = own + group
     command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
-    del command.__wrapped__  # type: ignore[attr-defined]  # or inspect would read func's signature
+    del command.__wrapped__  # or inspect would read func's signature
     return command  # type: ignore[return-value]
