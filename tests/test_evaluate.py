@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 import warnings
@@ -28,29 +29,29 @@ def test_metrics_match_sklearn(rgb_model, shapes_test, tmp_path):
     m = open_model(rgb_model, device="cpu")
     r = evaluate(m, test_dir, tmp_path, labels_csv=labels, batch_size=7)
     rows = list(csv.DictReader((tmp_path / "per_image.csv").open()))
-    assert len(rows) == r["n"] == 24
+    assert len(rows) == r.n == 24
     idx = {c: i for i, c in enumerate(CLASSES)}
     y_true = [idx[row["true"]] for row in rows]
     y_pred = [idx[row["pred"]] for row in rows]
     truth = {k: v for k, v in csv.reader(labels.open())}
     assert all(truth[row["path"].rsplit("/", 1)[-1][:-4]] == row["true"] for row in rows)
 
-    assert r["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert r.accuracy == pytest.approx(accuracy_score(y_true, y_pred))
     p, rec, f1, sup = precision_recall_fscore_support(y_true, y_pred, labels=range(3), zero_division=0)
     for i, c in enumerate(CLASSES):
-        pc = r["per_class"][c]
-        assert pc["precision"] == pytest.approx(p[i])
-        assert pc["recall"] == pytest.approx(rec[i])
-        assert pc["f1"] == pytest.approx(f1[i])
-        assert pc["support"] == sup[i]
+        pc = r.per_class[c]
+        assert pc.precision == pytest.approx(p[i])
+        assert pc.recall == pytest.approx(rec[i])
+        assert pc.f1 == pytest.approx(f1[i])
+        assert pc.support == sup[i]
     cm = confusion_matrix(y_true, y_pred, labels=range(3))
-    np.testing.assert_array_equal(r["confusion_matrix"], cm)
+    np.testing.assert_array_equal(r.confusion_matrix, cm)
     csv_cm = [
         [int(v) for v in row[1:]] for row in list(csv.reader((tmp_path / "confusion_matrix.csv").open()))[1:]
     ]
     np.testing.assert_array_equal(np.array(csv_cm), cm)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["accuracy"] == pytest.approx(r["accuracy"]) and saved["provider"] == "CPUExecutionProvider"
+    assert saved["accuracy"] == pytest.approx(r.accuracy) and saved["provider"] == "CPUExecutionProvider"
     for name in ("confusion_matrix.png", "confusion_matrix_normalized.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -138,7 +139,7 @@ def test_probability_metrics_and_per_image_csv_match_sklearn(many_model, small_f
     for avg in ("macro", "weighted"):
         pa, ra, fa, _ = precision_recall_fscore_support(y, pred, labels=labels, average=avg, zero_division=0)
         assert saved[avg] == pytest.approx({"precision": pa, "recall": ra, "f1": fa})
-    np.testing.assert_array_equal(r["confusion_matrix"], confusion_matrix(y, pred, labels=labels))
+    np.testing.assert_array_equal(r.confusion_matrix, confusion_matrix(y, pred, labels=labels))
     # ECE: 15 bins, written out.
     conf, ok = probs.max(axis=1), pred == y
     edges = np.linspace(0, 1, 16)
@@ -173,7 +174,7 @@ def test_failures_folder_counts_equal_the_off_diagonal_total(many_model, small_f
     off = int(cm.sum() - np.trace(cm))
     assert off > 5  # the random model makes mistakes, so the test means something
     copies = [p for p in (tmp_path / "failures").rglob("*") if p.is_file()]
-    assert len(copies) == off == len(r["failures"])
+    assert len(copies) == off == len(r.failures)
     for folder in (tmp_path / "failures").iterdir():
         t, q = folder.name.split("__as__")
         safe = [safe_filename(n) for n in MANY]
@@ -209,13 +210,13 @@ def test_occlusion_maps_for_worst_failures_and_random_correct_images(many_model,
     correct = [row for row in rows if row["name"].startswith("correct_")]
     assert len({row["name"] for row in failures}) == 2 and len({row["name"] for row in correct}) == 2
     assert len(failures) == 4  # true and predicted class for each failure
-    assert {row["path"] for row in failures} == {str(f.path) for f in r["failures"][:2]}
+    assert {row["path"] for row in failures} == {str(f.path) for f in r.failures[:2]}
     for row in rows:
         a = np.load(occ / row["npy"])
         assert a.shape == (32, 32) and a.dtype == np.float32
         assert float(row["p_min_occluded"]) == pytest.approx(a.min(), abs=1e-6)
         assert (occ / row["png"]).is_file()
-    assert r["occlusion"] == {"window": 8, "stride": 8, "baseline": "mean", "images": 4}
+    assert dataclasses.asdict(r.occlusion) == {"window": 8, "stride": 8, "baseline": "mean", "images": 4}
 
 
 def test_cli_evaluate_failures_occlusion_report(many_model, small_folder, tmp_path):

@@ -10,15 +10,12 @@ from helpers_evaluate import conv2d_reference, conv_model, linear_model
 from typer.testing import CliRunner
 
 from cvtool.cli import app
-from cvtool.evaluate.activations import (
-    ActivationError,
-    activation_mosaic,
-    compute_activations,
-    list_layers,
-)
-from cvtool.evaluate.filters import FilterError, filter_mosaic, first_conv_weights, plot_filters
+from cvtool.evaluate.activations import activation_mosaic, compute_activations
+from cvtool.evaluate.filters import filter_mosaic, plot_filters
 from cvtool.images import load_and_preprocess
 from cvtool.infer.session import open_model
+from cvtool.onnxtools.layers import ActivationError, list_layers
+from cvtool.onnxtools.weights import FilterError, first_conv_weights
 
 runner = CliRunner()
 RNG = np.random.default_rng(0)

@@ -176,3 +176,122 @@ def test_cli_occlusion(tmp_path):
     r = runner.invoke(app, ["occlusion", str(folder), "--model", str(model), "--window", "4", "-o", str(out)])
     assert r.exit_code == 1 and "broken.png" in r.output
     assert len(list(csv.DictReader((out / "occlusion.csv").open()))) == 2  # a.png and b.png still done
+
+
+def test_resolve_window_fills_in_defaults_and_checks_them_against_the_input():
+    from cvtool.errors import CvtoolError
+    from cvtool.evaluate.occlusion import OcclusionError, resolve_window
+
+    assert issubclass(OcclusionError, CvtoolError)
+    assert resolve_window((28, 28)) == (7, 3)  # the classic 7-pixel window, half of it as stride
+    assert resolve_window((224, 160)) == (20, 10)  # 1/8 of the shorter side
+    assert resolve_window((32, 32), window=8) == (8, 4)
+    assert resolve_window((32, 32), stride=2) == (7, 2)
+    assert resolve_window((5, 5)) == (5, 2)  # never more than the input
+    with pytest.raises(OcclusionError, match=r"window 17 does not fit the model input 16×20"):
+        resolve_window((16, 20), window=17)
+    with pytest.raises(OcclusionError, match=r"stride 9 .*window 8"):
+        resolve_window((32, 32), window=8, stride=9)
+    with pytest.raises(OcclusionError, match=r"stride 8 .*window 7"):  # against the default window
+        resolve_window((32, 32), stride=8)
+
+
+def test_occlusion_maps_of_a_list_equal_one_image_at_a_time(shapes_train, tmp_path):
+    from cvtool.evaluate.occlusion import MapRequest, num_positions, occlusion_maps
+
+    model = open_model(linear_model(tmp_path / "lin.onnx", ("circle", "square", "stripes"), scale=0.2), "cpu")
+    a, b = shapes_train / "square" / "3.png", shapes_train / "circle" / "1.png"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    requests = [
+        MapRequest("first", a),  # the predicted class
+        MapRequest("gone", broken),
+        MapRequest("second", b, targets=(0, 2), true=0, pred=2),
+    ]
+    calls = []
+    maps, failed = occlusion_maps(
+        model.run, model.card, requests, tmp_path / "out", 8, 4, "zero", 16, on_progress=calls.append
+    )
+    assert list(failed) == [broken] and "broken.png" not in failed[broken]
+    assert sum(calls) == 2 * num_positions((32, 32), 8, 4)
+    assert [m.name for m in maps] == ["first", "second"]
+    _, res = occlude_file(model.run, a, model.card, 8, 4, "zero")
+    pred = int(res.p0.argmax())
+    assert [c.k for c in maps[0].classes] == [pred]
+    assert maps[0].caption == f"3.png: predicted {model.card.class_names[pred]} (p = {res.p0[pred]:.3f})"
+    np.testing.assert_allclose(np.load(maps[0].classes[0].npy), res.pixel_map(pred), atol=1e-6)
+    _, res = occlude_file(model.run, b, model.card, 8, 4, "zero")
+    assert [c.cls for c in maps[1].classes] == ["circle", "stripes"]
+    assert maps[1].caption.startswith("1.png: true circle, predicted stripes (p = ")
+    for c in maps[1].classes:
+        pmap = res.pixel_map(c.k)
+        np.testing.assert_allclose(np.load(c.npy), pmap, atol=1e-6)
+        assert c.p_min == pytest.approx(pmap.min(), abs=1e-6)
+        assert (c.row, c.col) == np.unravel_index(np.argmin(pmap), pmap.shape)
+    rows = list(csv.DictReader((tmp_path / "out" / "occlusion.csv").open()))
+    assert [(r["name"], r["target"]) for r in rows] == [
+        ("first", model.card.class_names[pred]), ("second", "circle"), ("second", "stripes")
+    ]  # fmt: skip
+    assert all((tmp_path / "out" / r["png"]).is_file() for r in rows)
+
+
+def test_occlusion_requests_resolve_the_target(tmp_path):
+    from cvtool.errors import CvtoolError
+    from cvtool.evaluate.explain import occlusion_requests
+
+    names = ("bright", "dark")
+    folder = tmp_path / "imgs" / "bright"
+    folder.mkdir(parents=True)
+    a, b = _bright(folder / "a.png"), _bright(folder / "b.png")
+    reqs = occlusion_requests([folder], names, "true")
+    assert [(r.name, r.path, r.targets) for r in reqs] == [("1_a", a, (0,)), ("2_b", b, (0,))]
+    assert [r.targets for r in occlusion_requests([b, a], names, "pred")] == [(), ()]
+    assert occlusion_requests([a], names, "dark")[0].targets == (1,)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\na,dark\n")
+    assert occlusion_requests([a], names, "true", labels)[0].targets == (1,)
+    with pytest.raises(CvtoolError, match="'cat' is not pred, true or a class"):
+        occlusion_requests([a], names, "cat")
+    with pytest.raises(CvtoolError, match="--labels"):
+        occlusion_requests([b], names, "true", labels)  # b is not in the CSV
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CvtoolError, match="no image files"):
+        occlusion_requests([empty], names, "pred")
+
+
+def test_evaluate_checks_occlusion_settings_before_predicting(tmp_path):
+    from cvtool.errors import CvtoolError
+    from cvtool.evaluate.run import evaluate
+
+    model = open_model(region_model(tmp_path / "region.onnx", REGION), device="cpu")
+    data = tmp_path / "data" / "bright"
+    data.mkdir(parents=True)
+    _bright(data / "a.png")
+    out = tmp_path / "out"
+    bad = [({"window": 17}, "window 17"), ({"window": 4, "stride": 5}, "stride 5")]
+    for kwargs, message in [*bad, ({"baseline": "grey"}, "grey")]:
+        with pytest.raises(CvtoolError, match=message):
+            evaluate(model, data.parent, out, occlusion=1, **kwargs)
+        assert not out.exists()  # refused before anything was predicted or written
+
+
+def test_cli_refuses_an_unknown_baseline_and_a_window_larger_than_the_input(tmp_path):
+    model = region_model(tmp_path / "region.onnx", REGION)
+    image = _bright(tmp_path / "a.png")
+    r = runner.invoke(app, ["occlusion", str(image), "--model", str(model), "--baseline", "grey"])
+    assert r.exit_code == 2 and "grey" in r.output
+    r = runner.invoke(app, ["occlusion", str(image), "--model", str(model), "--window", "17"])
+    assert r.exit_code == 2 and "window 17 does not fit the model input 16×16" in r.output
+    r = runner.invoke(app, ["occlusion", str(image), "--model", str(model), "--window", "4", "--stride", "5"])
+    assert r.exit_code == 2 and "stride 5" in r.output
+
+
+def test_help_shows_the_window_and_stride_defaults():
+    # Text in [brackets] is Rich markup: a default written that way vanished from --help.
+    for command in ("occlusion", "evaluate"):
+        r = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"})
+        assert r.exit_code == 0, r.output
+        assert "(default: half the window)" in r.output
+        assert "(default: 7, or 1/8 of the shorter side when larger)" in r.output
+        assert "mean|zero|blur" in r.output

@@ -7,7 +7,7 @@ import json
 
 from test_torch_boundary import run_without_torch
 
-from cvtool.evaluate.activations import list_layers
+from cvtool.onnxtools.layers import list_layers
 
 
 def _ok(r):

@@ -22,7 +22,7 @@ from cvtool.evaluate.outputs import fresh_dir, safe_filename, write_csv
 from cvtool.evaluate.plots import plot_image_grid
 from cvtool.images import ImageError, load_image, resize_and_crop
 
-__all__ = ["Failure", "GALLERY_MAX", "rank_failures", "write_failures"]
+__all__ = ["Failure", "FailureFiles", "GALLERY_MAX", "rank_failures", "write_failures"]
 
 GALLERY_MAX = 36  # tiles in top_losses.png; more stop being readable on one page
 
@@ -38,6 +38,16 @@ class Failure:
     loss: float
     p_true: float
     p_pred: float
+
+
+@dataclass(frozen=True)
+class FailureFiles:
+    """What `write_failures` wrote: the copies' folder, failures.csv and the gallery (None: no tile)."""
+
+    copied: int
+    folder: Path
+    csv: Path
+    gallery: Path | None
 
 
 def rank_failures(
@@ -82,11 +92,8 @@ def write_failures(
     class_names: Sequence[str],
     card: ModelCard,
     k: int,
-) -> dict[str, object]:
-    """Copy the `k` worst failures, write failures.csv (all of them) and top_losses.png.
-
-    Returns {"copied": n, "csv": path, "gallery": path or None, "folder": path}.
-    """
+) -> FailureFiles:
+    """Copy the `k` worst failures, write failures.csv (all of them) and top_losses.png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     top = list(failures[:k])
@@ -109,7 +116,7 @@ def write_failures(
             for f in failures
         ],
     )
-    gallery = None
+    gallery: Path | None = None
     (out / "top_losses.png").unlink(missing_ok=True)  # a previous run's gallery must not linger
     shown = top[:GALLERY_MAX]
     if shown:
@@ -130,7 +137,7 @@ def write_failures(
             out / "top_losses.png",
             suptitle=f"Top {len(images)} losses — predicted / true, loss / probability of the prediction",
         )
-    return {"copied": len(top), "csv": out / "failures.csv", "gallery": gallery, "folder": out / "failures"}
+    return FailureFiles(len(top), out / "failures", out / "failures.csv", gallery)
 
 
 def _short(name: str, limit: int = 16) -> str:

@@ -7,6 +7,10 @@ the windows that cover it. Where that probability falls, the model was looking.
 Window positions follow Captum's `Occlusion` (0, s, 2s, … ceil((size - window) / stride) steps; a
 last window that overhangs the edge is cut by it), so with the same window, stride and baseline
 `p(original) - pixel_map` equals Captum's attribution on the softmax output.
+
+`occlusion_maps` maps a list of images and writes their figures, raw maps and occlusion.csv; both
+`cvtool evaluate --occlusion` and `cvtool occlusion` use it. matplotlib is imported only when a
+figure is drawn: the command line imports this module for its `Baseline` choices.
 """
 
 from __future__ import annotations
@@ -17,36 +21,78 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast, get_args
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from cvtool.atomic import atomic_write
 from cvtool.contract import ModelCard
-from cvtool.evaluate.outputs import safe_filename
-from cvtool.evaluate.plots import plt, save_figure
-from cvtool.images import load_image, preprocess, resize_and_crop
+from cvtool.errors import CvtoolError
+from cvtool.evaluate.outputs import safe_filename, write_csv
+from cvtool.images import ImageError, load_image, preprocess, resize_and_crop
 
 __all__ = [
     "BASELINES",
+    "Baseline",
+    "ClassMap",
+    "MapRequest",
+    "OcclusionError",
+    "OcclusionMap",
     "OcclusionResult",
     "baseline_for",
+    "check_baseline",
     "occlude",
     "occlude_file",
+    "occlusion_maps",
+    "resolve_window",
     "save_occlusion",
     "window_positions",
 ]
 
-BASELINES = ("zero", "mean", "blur")
+# What the window shows: the training mean colour, black, or a blurred copy of the image.
+Baseline = Literal["mean", "zero", "blur"]
+BASELINES: tuple[str, ...] = get_args(Baseline)
+
+
+class OcclusionError(CvtoolError, ValueError):
+    """Occlusion settings that cannot work (a window larger than the input, a bad baseline or target)."""
+
+
+def _check(size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]) -> None:
+    """The one check of a window and stride against an (H, W) input."""
+    (h, w), (wh, ww), (sh, sw) = size, window, stride
+    shown = f"{wh}" if wh == ww else f"{wh}×{ww}"
+    if not (1 <= wh <= h and 1 <= ww <= w):
+        raise OcclusionError(f"window {shown} does not fit the model input {h}×{w}")
+    if not (1 <= sh <= wh and 1 <= sw <= ww):
+        # A stride longer than the window would leave pixels no window ever covers.
+        step = f"{sh}" if sh == sw else f"{sh}×{sw}"
+        raise OcclusionError(
+            f"stride {step} must be between 1 and the window {shown} (pixels would go uncovered)"
+        )
+
+
+def resolve_window(
+    input_size: tuple[int, int], window: int | None = None, stride: int | None = None
+) -> tuple[int, int]:
+    """(window, stride) for a model input: defaults where None, then checked (OcclusionError)."""
+    window = default_window(input_size) if window is None else window
+    stride = default_stride(window) if stride is None else stride
+    _check(input_size, (window, window), (stride, stride))
+    return window, stride
+
+
+def check_baseline(kind: str) -> Baseline:
+    """`kind` as a Baseline; OcclusionError naming the choices when it is not one."""
+    if kind not in BASELINES:
+        raise OcclusionError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")
+    return cast(Baseline, kind)
 
 
 def window_positions(size: int, window: int, stride: int) -> np.ndarray:
     """Window offsets along one axis: 0, stride, … (ceil((size - window) / stride) + 1 of them)."""
-    if not 1 <= window <= size:
-        raise ValueError(f"window {window} must be between 1 and the input size {size}")
-    if not 1 <= stride <= window:
-        # A stride longer than the window would leave pixels no window ever covers.
-        raise ValueError(f"stride {stride} must be between 1 and the window {window}")
+    _check((size, size), (window, window), (stride, stride))
     return np.arange(math.ceil((size - window) / stride) + 1) * stride
 
 
@@ -92,6 +138,7 @@ def occlude(
     c, h, w = x.shape
     wh, ww = (window, window) if isinstance(window, int) else window
     sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    _check((h, w), (wh, ww), (sh, sw))
     ys, xs = window_positions(h, wh, sh), window_positions(w, ww, sw)
     base = np.broadcast_to(np.asarray(baseline, dtype=np.float32), x.shape)
     p0 = run(x[None])[0]
@@ -129,14 +176,13 @@ def baseline_for(kind: str, shown: Image.Image, card: ModelCard, window: int) ->
     (0 after normalisation, Captum's default); blur: the image under a Gaussian blur with
     sigma = window / 2, so only fine detail is removed.
     """
+    kind = check_baseline(kind)
     if kind == "mean":
         return 0.0
     if kind == "zero":
         return preprocess(Image.new(shown.mode, shown.size, 0), _input_card(card))
-    if kind == "blur":
-        blurred = shown.filter(ImageFilter.GaussianBlur(radius=max(1.0, window / 2)))
-        return preprocess(blurred, _input_card(card))
-    raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")
+    blurred = shown.filter(ImageFilter.GaussianBlur(radius=max(1.0, window / 2)))
+    return preprocess(blurred, _input_card(card))
 
 
 def occlude_file(
@@ -171,6 +217,8 @@ def save_occlusion(
 ) -> dict[str, Path]:
     """Write <name>.png (image, p(target) map, its log, overlay; one row per target) and
     <name>__<class>.npy (the raw (H, W) float32 map) for each target. Returns {kind: path}."""
+    from cvtool.evaluate.plots import plt, save_figure  # matplotlib only when drawing
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -243,20 +291,97 @@ OCCLUSION_CSV_HEADER = [
 ]
 
 
-def summary_row(
-    name: str, path: str | os.PathLike, result: OcclusionResult, k: int, cls: str, files: dict
-) -> list:
-    """One occlusion.csv row: where occluding hurts p(target) most (row, column of the map's minimum)."""
+@dataclass(frozen=True)
+class MapRequest:
+    """One image to map, written as <name>.png and <name>__<class>.npy."""
+
+    name: str
+    path: Path
+    targets: tuple[int, ...] = ()  # classes to map; empty: the predicted class
+    true: int | None = None  # the true class, named in the caption when known
+    pred: int | None = None  # the prediction when already known; else the unoccluded argmax
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """One class's map: p(class) unoccluded, its lowest value under occlusion and where."""
+
+    k: int
+    cls: str
+    p_original: float
+    p_min: float
+    row: int
+    col: int
+    npy: Path
+
+
+@dataclass(frozen=True)
+class OcclusionMap:
+    """The maps of one image: its figure and one ClassMap per target."""
+
+    name: str
+    path: Path
+    caption: str
+    png: Path
+    classes: tuple[ClassMap, ...]
+
+    def csv_rows(self) -> list[list[object]]:
+        """Its occlusion.csv rows, one per target class."""
+        return [
+            [self.name, str(self.path), c.cls, f"{c.p_original:.6f}", f"{c.p_min:.6f}", c.row, c.col,
+             self.png.name, c.npy.name]
+            for c in self.classes
+        ]  # fmt: skip
+
+    def moved_to(self, folder: Path) -> OcclusionMap:
+        """The same maps with their files' paths in `folder` (after their folder was renamed)."""
+        classes = tuple(dataclasses.replace(c, npy=folder / c.npy.name) for c in self.classes)
+        return dataclasses.replace(self, png=folder / self.png.name, classes=classes)
+
+
+def _class_map(result: OcclusionResult, k: int, cls: str, npy: Path) -> ClassMap:
     pmap = result.pixel_map(k)
     r, c = np.unravel_index(int(np.argmin(pmap)), pmap.shape)
-    return [
-        name,
-        str(path),
-        cls,
-        f"{float(result.p0[k]):.6f}",
-        f"{float(pmap[r, c]):.6f}",
-        int(r),
-        int(c),
-        files["png"].name,
-        files[f"npy:{cls}"].name,
-    ]
+    return ClassMap(k, cls, float(result.p0[k]), float(pmap[r, c]), int(r), int(c), npy)
+
+
+def occlusion_maps(
+    run: Callable[[np.ndarray], np.ndarray],
+    card: ModelCard,
+    requests: Sequence[MapRequest],
+    out_dir: str | os.PathLike,
+    window: int,
+    stride: int,
+    baseline: str = "mean",
+    batch_size: int = 64,
+    on_progress: Callable[[int], None] | None = None,
+    on_map: Callable[[OcclusionMap], None] | None = None,
+) -> tuple[list[OcclusionMap], dict[Path, str]]:
+    """Map each requested image and write its files and occlusion.csv into `out_dir`.
+
+    `on_map` sees each image's maps as soon as they are written. Returns the maps, and
+    {path: reason} for the images that could not be read (skipped).
+    """
+    check_baseline(baseline)
+    _check(card.input_size, (window, window), (stride, stride))
+    out = Path(out_dir)
+    names = list(card.class_names)
+    maps: list[OcclusionMap] = []
+    failed: dict[Path, str] = {}
+    for req in requests:
+        try:
+            shown, res = occlude_file(run, req.path, card, window, stride, baseline, batch_size, on_progress)
+        except ImageError as e:
+            failed[req.path] = e.reason
+            continue
+        pred = int(res.p0.argmax()) if req.pred is None else req.pred
+        targets = req.targets or (pred,)
+        seen = f"predicted {names[pred]} (p = {res.p0[pred]:.3f})"
+        caption = f"{req.path.name}: " + (seen if req.true is None else f"true {names[req.true]}, {seen}")
+        files = save_occlusion(out, req.name, shown, res, targets, names, caption)
+        classes = tuple(_class_map(res, k, names[k], files[f"npy:{names[k]}"]) for k in targets)
+        maps.append(OcclusionMap(req.name, req.path, caption, files["png"], classes))
+        if on_map:
+            on_map(maps[-1])
+    write_csv(out / "occlusion.csv", OCCLUSION_CSV_HEADER, [row for m in maps for row in m.csv_rows()])
+    return maps, failed

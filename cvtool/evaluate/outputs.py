@@ -1,4 +1,4 @@
-"""Small pieces shared by the evaluation writers: CSV files written atomically, safe file names."""
+"""Small pieces shared by the evaluation writers: atomic CSV files, safe names, fresh and stale outputs."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from cvtool.atomic import atomic_write_csv
 
-__all__ = ["fresh_dir", "safe_filename", "write_csv"]
+__all__ = ["fresh_dir", "remove_stale", "safe_filename", "write_csv"]
 
 
 # Header + rows, written atomically; kept under this name for the evaluate modules.
@@ -45,3 +45,25 @@ def fresh_dir(parent: str | os.PathLike, name: str) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
         raise
+
+
+def remove_stale(folder: str | os.PathLike, known: Collection[str], written: Collection[str]) -> list[str]:
+    """Remove the `known` outputs ("name" a file, "name/" a folder) that are not `written`.
+
+    An earlier run's outputs would otherwise pass for this run's. Nothing else in the folder is
+    touched, nor an entry of the other kind (a user's folder named like one of our files).
+    Returns the names removed.
+    """
+    removed = []
+    for name in known:
+        if name in written:
+            continue
+        path = Path(folder) / name.rstrip("/")
+        if name.endswith("/") and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif not name.endswith("/") and (path.is_file() or path.is_symlink()):
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed

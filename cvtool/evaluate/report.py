@@ -4,7 +4,7 @@ Images are embedded as base64 data URIs and the styles are inline, so the file c
 attached to a course report and opens anywhere without its folder. Every name that comes from the
 data (class names, file names, paths) is HTML-escaped. A few lines of script record on the page
 whether all images decoded and whether any error happened (attributes on <html>), which the test
-reads back from headless Chromium.
+reads back from headless Chromium. The page points only to files the run wrote (`EvalResult.files`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from cvtool import __version__
 from cvtool.atomic import atomic_write_text
-from cvtool.evaluate.failures import Failure
+from cvtool.evaluate.result import EvalResult
 
 __all__ = ["write_report"]
 
@@ -78,55 +78,87 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], name_cols: int 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _summary(m: dict[str, Any]) -> str:
-    rows = [("images", m["n"]), ("accuracy", f"{m['accuracy']:.4f}")]
-    if "top5_accuracy" in m:
-        rows.append(("top-5 accuracy", f"{m['top5_accuracy']:.4f}"))
-    if "log_loss" in m:
-        rows.append(("log loss", f"{m['log_loss']:.4f}"))
+def _summary(r: EvalResult) -> str:
+    rows: list[tuple[str, Any]] = [("images", r.n), ("accuracy", f"{r.accuracy:.4f}")]
+    if r.top5_accuracy is not None:
+        rows.append(("top-5 accuracy", f"{r.top5_accuracy:.4f}"))
+    if r.log_loss is not None:
+        rows.append(("log loss", f"{r.log_loss:.4f}"))
+    if r.expected_calibration_error is not None:
         rows.append(
-            (f"expected calibration error ({m['ece_bins']} bins)", f"{m['expected_calibration_error']:.4f}")
+            (f"expected calibration error ({r.ece_bins} bins)", f"{r.expected_calibration_error:.4f}")
         )
-    for avg in ("macro", "weighted"):
-        a = m[avg]
-        rows.append(
-            (f"{avg} precision / recall / F1", f"{a['precision']:.3f} / {a['recall']:.3f} / {a['f1']:.3f}")
-        )
-    rows.append(("provider, speed", f"{m['provider']}, {m['images_per_s']:.0f} images/s"))
-    if m.get("failed_images"):
-        rows.append(("unreadable images (excluded)", m["failed_images"]))
+    for avg, a in (("macro", r.macro), ("weighted", r.weighted)):
+        rows.append((f"{avg} precision / recall / F1", f"{a.precision:.3f} / {a.recall:.3f} / {a.f1:.3f}"))
+    rows.append(("provider, speed", f"{r.provider}, {r.images_per_s:.0f} images/s"))
+    if r.failed_images:
+        rows.append(("unreadable images (excluded)", r.failed_images))
     return _table(["", ""], rows)
 
 
-def write_report(
-    path: str | os.PathLike,
-    metrics: dict[str, Any],
-    class_names: Sequence[str],
-    confused: Sequence[tuple[str, str, int]],
-    failures: Sequence[Failure],
-    gallery: str | os.PathLike | None = None,
-    occlusion: Sequence[dict[str, Any]] = (),
-) -> Path:
+def _failures(r: EvalResult, out: Path) -> list[str]:
+    if not r.failures:
+        return ["<p>No misclassified images.</p>"]
+    names = list(r.per_class)
+    parts = []
+    if "top_losses.png" in r.files:
+        parts.append(
+            _figure(out / "top_losses.png", "Predicted / true class, loss / probability of the prediction")
+        )
+    rows = [
+        (
+            f.rank,
+            f.path.name,
+            names[f.true],
+            names[f.pred],
+            f"{f.loss:.3f}",
+            f"{f.p_true:.3f}",
+            f"{f.p_pred:.3f}",
+        )
+        for f in r.failures[:TABLE_ROWS]
+    ]
+    parts.append(_table(["rank", "file", "true", "predicted", "loss", "p(true)", "p(predicted)"], rows, 0))
+    see = "; see failures.csv" if "failures.csv" in r.files else ""
+    parts.append(f'<p class="muted">{len(r.failures)} misclassified images in all{see}.</p>')
+    return parts
+
+
+def _occlusion(r: EvalResult) -> list[str]:
+    if r.occlusion is None or not r.occlusion_maps:
+        return []
+    o = r.occlusion
+    return [
+        "<h2>Occlusion maps</h2>",
+        f'<p class="muted">{o.window}-pixel window, stride {o.stride}, baseline {escape(o.baseline)}: '
+        "each pixel shows the class probability while a window covering it is occluded; "
+        "low values mark what the model relies on.</p>",
+        *(_figure(m.png, m.caption) for m in r.occlusion_maps),
+    ]
+
+
+def write_report(path: str | os.PathLike, result: EvalResult) -> Path:
     """Write report.html next to the figures it embeds (read from the same folder)."""
     path = Path(path)
     out = path.parent
-    m = metrics
-    title = f"Evaluation of {Path(m['model']).name} on {m['data']}"
+    r = result
+    confused = r.most_confused
+    see_confused = "; see most_confused.csv" if "most_confused.csv" in r.files else ""
+    title = f"Evaluation of {Path(r.model).name} on {r.data}"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>",
         f"<h1>{escape(title)}</h1>",
-        f'<p class="muted">model {escape(m["model"])} · data {escape(m["data"])} · cvtool {__version__}</p>',
+        f'<p class="muted">model {escape(r.model)} · data {escape(r.data)} · cvtool {__version__}</p>',
         "<h2>Summary</h2>",
-        _summary(m),
+        _summary(r),
         "<h2>Per class</h2>",
         _table(
             ["class", "precision", "recall", "F1", "support"],
             [
-                (name, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"])
-                for name, c in m["per_class"].items()
+                (name, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", c.support)
+                for name, c in r.per_class.items()
             ],
         ),
         "<h2>Confusion matrices</h2>",
@@ -139,44 +171,13 @@ def write_report(
         _table(["true", "predicted", "count"], confused[:TABLE_ROWS], name_cols=2)
         if confused
         else "<p>No misclassified images.</p>",
-        f'<p class="muted">{len(confused)} pairs in all; see most_confused.csv.</p>' if confused else "",
+        f'<p class="muted">{len(confused)} pairs in all{see_confused}.</p>' if confused else "",
         "<h2>Calibration</h2>",
         _figure(out / "reliability.png", "Accuracy against confidence; the gap is what ECE averages"),
         "<h2>Highest-loss failures</h2>",
+        *_failures(r, out),
+        *_occlusion(r),
+        "</body></html>",
     ]
-    if failures:
-        parts.append(_figure(gallery, "Predicted / true class, loss / probability of the prediction"))
-        parts.append(
-            _table(
-                ["rank", "file", "true", "predicted", "loss", "p(true)", "p(predicted)"],
-                [
-                    (
-                        f.rank,
-                        f.path.name,
-                        class_names[f.true],
-                        class_names[f.pred],
-                        f"{f.loss:.3f}",
-                        f"{f.p_true:.3f}",
-                        f"{f.p_pred:.3f}",
-                    )
-                    for f in failures[:TABLE_ROWS]
-                ],
-                name_cols=0,
-            )
-        )
-        parts.append(f'<p class="muted">{len(failures)} misclassified images in all; see failures.csv.</p>')
-    else:
-        parts.append("<p>No misclassified images.</p>")
-    if occlusion:
-        occ = m.get("occlusion", {})
-        parts.append("<h2>Occlusion maps</h2>")
-        parts.append(
-            f'<p class="muted">{escape(str(occ.get("window", "?")))}-pixel window, stride '
-            f"{escape(str(occ.get('stride', '?')))}, baseline {escape(str(occ.get('baseline', '?')))}: "
-            "each pixel shows the class probability while a window covering it is occluded; "
-            "low values mark what the model relies on.</p>"
-        )
-        parts.extend(_figure(e["png"], e["caption"]) for e in occlusion)
-    parts.append("</body></html>")
     atomic_write_text(path, "\n".join(p for p in parts if p) + "\n")
     return path

@@ -1,0 +1,53 @@
+"""Layering of the explain tools: graph reading in onnxtools, plotting in evaluate, a light CLI."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import cvtool
+
+PACKAGE = Path(cvtool.__file__).parent
+GRAPH_MODULES = [PACKAGE / "onnxtools" / "weights.py", PACKAGE / "onnxtools" / "layers.py"]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_graph_readers_live_in_onnxtools_and_import_no_higher_layer():
+    for path in GRAPH_MODULES:
+        higher = {
+            n for n in _imports(path) if n.startswith(("cvtool.evaluate", "cvtool.infer", "cvtool.cli"))
+        }
+        assert not higher, f"{path.name} imports {sorted(higher)}"
+
+
+def test_evaluate_reads_no_onnx_graph_itself():
+    # Graph reading and editing go through cvtool.onnxtools (one loader: load_onnx).
+    for path in sorted((PACKAGE / "evaluate").glob("*.py")):
+        onnx = {n for n in _imports(path) if n == "onnx" or n.startswith("onnx.")}
+        assert not onnx, f"{path.name} imports {sorted(onnx)}"
+        assert "def labeled_files" not in path.read_text(), f"{path.name}: use cvtool.data.labeled_files"
+
+
+def _loaded(imports: str, modules: tuple[str, ...]) -> list[str]:
+    code = f"import sys, {imports}; print(sorted(m for m in {modules!r} if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return ast.literal_eval(r.stdout.strip())
+
+
+def test_the_cli_does_not_import_matplotlib_at_startup():
+    # Every command starts by importing every command module, the Baseline choices included.
+    assert _loaded("cvtool.cli.app", ("matplotlib",)) == []
+    assert _loaded("cvtool.evaluate.occlusion, cvtool.evaluate.explain", ("matplotlib", "onnx")) == []
