@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from captum.attr import Occlusion
 
-from cvtool.evaluate.occlusion import occlude
+from cvtool.evaluation.occlusion import occlude
 from cvtool.infer.session import open_model
 
 ROOT = Path(__file__).resolve().parent.parent

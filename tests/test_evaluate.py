@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from cvtool.cli import app
 from cvtool.data import DataError
-from cvtool.evaluate.outputs import safe_filename
-from cvtool.evaluate.run import evaluate
+from cvtool.evaluation.outputs import safe_filename
+from cvtool.evaluation.run import evaluate
 from cvtool.infer.session import open_model
 
 runner = CliRunner()

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cvtool.evaluate.metrics import (
+from cvtool.evaluation.metrics import (
     ECE_BINS,
     expected_calibration_error,
     log_loss,

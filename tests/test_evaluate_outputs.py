@@ -10,7 +10,7 @@ from helpers_evaluate import linear_model
 from typer.testing import CliRunner
 
 from cvtool.cli import app
-from cvtool.evaluate.run import evaluate
+from cvtool.evaluation.run import evaluate
 from cvtool.infer.session import open_model
 
 runner = CliRunner()

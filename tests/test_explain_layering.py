@@ -27,7 +27,7 @@ def _imports(path: Path) -> set[str]:
 def test_graph_readers_live_in_onnxtools_and_import_no_higher_layer():
     for path in GRAPH_MODULES:
         higher = {
-            n for n in _imports(path) if n.startswith(("cvtool.evaluate", "cvtool.infer", "cvtool.cli"))
+            n for n in _imports(path) if n.startswith(("cvtool.evaluation", "cvtool.infer", "cvtool.cli"))
         }
         assert not higher, f"{path.name} imports {sorted(higher)}"
 
@@ -50,4 +50,4 @@ def _loaded(imports: str, modules: tuple[str, ...]) -> list[str]:
 def test_the_cli_does_not_import_matplotlib_at_startup():
     # Every command starts by importing every command module, the Baseline choices included.
     assert _loaded("cvtool.cli.app", ("matplotlib",)) == []
-    assert _loaded("cvtool.evaluate.occlusion, cvtool.evaluate.explain", ("matplotlib", "onnx")) == []
+    assert _loaded("cvtool.evaluation.occlusion, cvtool.evaluation.explain", ("matplotlib", "onnx")) == []

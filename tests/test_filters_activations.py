@@ -10,8 +10,8 @@ from helpers_evaluate import conv2d_reference, conv_model, linear_model
 from typer.testing import CliRunner
 
 from cvtool.cli import app
-from cvtool.evaluate.activations import activation_mosaic, compute_activations
-from cvtool.evaluate.filters import filter_mosaic, plot_filters
+from cvtool.evaluation.activations import activation_mosaic, compute_activations
+from cvtool.evaluation.filters import filter_mosaic, plot_filters
 from cvtool.images import load_and_preprocess
 from cvtool.infer.session import open_model
 from cvtool.onnxtools.layers import ActivationError, list_layers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cvtool.evaluate.metrics import classification_metrics, confusion_matrix
+from cvtool.evaluation.metrics import classification_metrics, confusion_matrix
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cvtool.cli import app
-from cvtool.evaluate.occlusion import baseline_for, occlude, occlude_file, window_positions
+from cvtool.evaluation.occlusion import baseline_for, occlude, occlude_file, window_positions
 from cvtool.images import load_and_preprocess, load_image, resize_and_crop
 from cvtool.infer.session import open_model
 
@@ -180,7 +180,7 @@ def test_cli_occlusion(tmp_path):
 
 def test_resolve_window_fills_in_defaults_and_checks_them_against_the_input():
     from cvtool.errors import CvtoolError
-    from cvtool.evaluate.occlusion import OcclusionError, resolve_window
+    from cvtool.evaluation.occlusion import OcclusionError, resolve_window
 
     assert issubclass(OcclusionError, CvtoolError)
     assert resolve_window((28, 28)) == (7, 3)  # the classic 7-pixel window, half of it as stride
@@ -197,7 +197,7 @@ def test_resolve_window_fills_in_defaults_and_checks_them_against_the_input():
 
 
 def test_occlusion_maps_of_a_list_equal_one_image_at_a_time(shapes_train, tmp_path):
-    from cvtool.evaluate.occlusion import MapRequest, num_positions, occlusion_maps
+    from cvtool.evaluation.occlusion import MapRequest, num_positions, occlusion_maps
 
     model = open_model(linear_model(tmp_path / "lin.onnx", ("circle", "square", "stripes"), scale=0.2), "cpu")
     a, b = shapes_train / "square" / "3.png", shapes_train / "circle" / "1.png"
@@ -237,7 +237,7 @@ def test_occlusion_maps_of_a_list_equal_one_image_at_a_time(shapes_train, tmp_pa
 
 def test_occlusion_requests_resolve_the_target(tmp_path):
     from cvtool.errors import CvtoolError
-    from cvtool.evaluate.explain import occlusion_requests
+    from cvtool.evaluation.explain import occlusion_requests
 
     names = ("bright", "dark")
     folder = tmp_path / "imgs" / "bright"
@@ -262,7 +262,7 @@ def test_occlusion_requests_resolve_the_target(tmp_path):
 
 def test_evaluate_checks_occlusion_settings_before_predicting(tmp_path):
     from cvtool.errors import CvtoolError
-    from cvtool.evaluate.run import evaluate
+    from cvtool.evaluation.run import evaluate
 
     model = open_model(region_model(tmp_path / "region.onnx", REGION), device="cpu")
     data = tmp_path / "data" / "bright"

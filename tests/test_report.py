@@ -11,7 +11,7 @@ import pytest
 from conftest import make_image_folder
 from helpers_evaluate import linear_model
 
-from cvtool.evaluate.run import evaluate
+from cvtool.evaluation.run import evaluate
 from cvtool.infer.session import open_model
 
 HOSTILE = ("circle", "square", "stripes", "<script>alert(1)</script>", "x&y", 'q"uote', "ok", "z")

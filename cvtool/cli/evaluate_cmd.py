@@ -42,7 +42,7 @@ def evaluate(
     verbose: VerboseOpt = False,
 ) -> None:
     """Evaluate on labeled images: metrics, confusion matrices, failures, occlusion, report.html."""
-    from cvtool.evaluate.run import evaluate as run_evaluate
+    from cvtool.evaluation.run import evaluate as run_evaluate
 
     m = open_onnx(model, device, card, verbose)
     with progress_bar() as progress:

@@ -41,8 +41,8 @@ def occlusion(
     Writes, per image, <n>_<stem>.png (input, map, log map, overlay) and <n>_<stem>__<class>.npy
     (the raw map at the model's input size), plus occlusion.csv.
     """
-    from cvtool.evaluate.explain import occlusion_requests
-    from cvtool.evaluate.occlusion import OcclusionMap, num_positions, occlusion_maps, resolve_window
+    from cvtool.evaluation.explain import occlusion_requests
+    from cvtool.evaluation.occlusion import OcclusionMap, num_positions, occlusion_maps, resolve_window
 
     m = open_onnx(model, device, card, verbose)
     window, stride = resolve_window(m.card.input_size, window, stride)
@@ -80,7 +80,7 @@ def filters(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("filters.png"),
 ) -> None:
     """Grid of the first convolution's filters, read from the model file's weights."""
-    from cvtool.evaluate.filters import plot_filters
+    from cvtool.evaluation.filters import plot_filters
 
     models = [model] + ([compare] if compare else [])
     path, found = plot_filters(models, out)
@@ -125,7 +125,7 @@ def activations(
     verbose: VerboseOpt = False,
 ) -> None:
     """Feature maps of chosen layers for one image (the graph gets extra outputs, in memory)."""
-    from cvtool.evaluate.activations import compute_activations, save_activations
+    from cvtool.evaluation.activations import compute_activations, save_activations
     from cvtool.images import load_and_preprocess
 
     if show_layers:

@@ -1,6 +1,6 @@
 """Occlusion options shared by `cvtool evaluate` and `cvtool occlusion`, declared once.
 
-Defaults and checks against the model's input size are `cvtool.evaluate.occlusion.resolve_window`'s;
+Defaults and checks against the model's input size are `cvtool.evaluation.occlusion.resolve_window`'s;
 None here means "not given".
 """
 
@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cvtool.evaluate.occlusion import Baseline
+from cvtool.evaluation.occlusion import Baseline
 
 __all__ = ["BaselineOpt", "StrideOpt", "WindowOpt"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from cvtool.atomic import atomic_write
-from cvtool.evaluate.outputs import safe_filename
-from cvtool.evaluate.plots import plot_mosaic, tile_mosaic
+from cvtool.evaluation.outputs import safe_filename
+from cvtool.evaluation.plots import plot_mosaic, tile_mosaic
 from cvtool.onnxtools.layers import ActivationError, layer_outputs
 
 __all__ = ["activation_mosaic", "compute_activations", "plot_activations", "save_activations"]

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cvtool.data import list_images, read_labels_csv
-from cvtool.evaluate.occlusion import MapRequest, OcclusionError
-from cvtool.evaluate.outputs import safe_filename
+from cvtool.evaluation.occlusion import MapRequest, OcclusionError
+from cvtool.evaluation.outputs import safe_filename
 
 __all__ = ["image_files", "occlusion_requests"]
 

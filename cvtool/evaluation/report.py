@@ -18,7 +18,7 @@ from typing import Any
 
 from cvtool import __version__
 from cvtool.atomic import atomic_write_text
-from cvtool.evaluate.result import EvalResult
+from cvtool.evaluation.result import EvalResult
 
 __all__ = ["write_report"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvtool.evaluate.plots import plot_mosaic, tile_mosaic
+from cvtool.evaluation.plots import plot_mosaic, tile_mosaic
 from cvtool.onnxtools.weights import first_conv_weights
 
 __all__ = ["filter_mosaic", "filter_tiles", "plot_filters"]

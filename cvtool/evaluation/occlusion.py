@@ -29,7 +29,7 @@ from PIL import Image, ImageFilter
 from cvtool.atomic import atomic_write
 from cvtool.contract import ModelCard
 from cvtool.errors import CvtoolError
-from cvtool.evaluate.outputs import safe_filename, write_csv
+from cvtool.evaluation.outputs import safe_filename, write_csv
 from cvtool.images import ImageError, load_image, preprocess, resize_and_crop
 
 __all__ = [
@@ -217,7 +217,7 @@ def save_occlusion(
 ) -> dict[str, Path]:
     """Write <name>.png (image, p(target) map, its log, overlay; one row per target) and
     <name>__<class>.npy (the raw (H, W) float32 map) for each target. Returns {kind: path}."""
-    from cvtool.evaluate.plots import plt, save_figure  # matplotlib only when drawing
+    from cvtool.evaluation.plots import plt, save_figure  # matplotlib only when drawing
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from cvtool.contract import ModelCard
-from cvtool.evaluate.outputs import fresh_dir, safe_filename, write_csv
-from cvtool.evaluate.plots import plot_image_grid
+from cvtool.evaluation.outputs import fresh_dir, safe_filename, write_csv
+from cvtool.evaluation.plots import plot_image_grid
 from cvtool.images import ImageError, load_image, resize_and_crop
 
 __all__ = ["Failure", "FailureFiles", "GALLERY_MAX", "rank_failures", "write_failures"]

@@ -23,24 +23,24 @@ import numpy as np
 
 from cvtool.atomic import atomic_write_text
 from cvtool.data import labeled_files
-from cvtool.evaluate.failures import Failure, rank_failures, write_failures
-from cvtool.evaluate.metrics import (
+from cvtool.evaluation.failures import Failure, rank_failures, write_failures
+from cvtool.evaluation.metrics import (
     classification_metrics,
     most_confused,
     per_image_loss,
     probability_metrics,
     reliability_bins,
 )
-from cvtool.evaluate.occlusion import (
+from cvtool.evaluation.occlusion import (
     MapRequest,
     check_baseline,
     num_positions,
     occlusion_maps,
     resolve_window,
 )
-from cvtool.evaluate.outputs import fresh_dir, remove_stale, safe_filename, write_csv
-from cvtool.evaluate.plots import plot_confusion_matrix, plot_reliability
-from cvtool.evaluate.result import ClassScores, EvalResult, OcclusionSettings, Scores
+from cvtool.evaluation.outputs import fresh_dir, remove_stale, safe_filename, write_csv
+from cvtool.evaluation.plots import plot_confusion_matrix, plot_reliability
+from cvtool.evaluation.result import ClassScores, EvalResult, OcclusionSettings, Scores
 from cvtool.infer.pipeline import predict_files
 from cvtool.infer.session import OnnxModel
 
@@ -211,7 +211,7 @@ def evaluate(
         r.files.append("report.html")
     remove_stale(out, OUTPUTS, r.files)  # before the report, which mentions only files that exist
     if report:
-        from cvtool.evaluate.report import write_report
+        from cvtool.evaluation.report import write_report
 
         write_report(out / "report.html", r)
     return r

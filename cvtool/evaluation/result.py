@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from cvtool.evaluate.failures import Failure
-from cvtool.evaluate.occlusion import OcclusionMap
+from cvtool.evaluation.failures import Failure
+from cvtool.evaluation.occlusion import OcclusionMap
 
 __all__ = ["ClassScores", "EvalResult", "OcclusionSettings", "Scores"]
 
