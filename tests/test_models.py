@@ -39,6 +39,18 @@ def test_registry_has_the_course_archs():
         assert net.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 5), name
 
 
+def test_the_choices_the_cli_offers_are_those_the_code_has():
+    """--arch, --recipe, --augment and --init are Literal types kept beside torch-free code."""
+    from typing import get_args
+
+    from cvtool.train.augment import PRESETS
+    from cvtool.train.config import RECIPES, ArchName, AugmentPreset, RecipeName
+
+    assert list(get_args(ArchName)) == list(ARCHS)  # the registry's names, in --help's order
+    assert set(get_args(RecipeName)) == set(RECIPES)
+    assert set(get_args(AugmentPreset)) == set(PRESETS)
+
+
 @pytest.mark.parametrize("arch", arch_names())
 def test_every_arch_trains_a_step_and_exports(arch, gray28, tmp_path):
     """One optimiser step through `train` on 28×28 gray images, then export: ORT == PyTorch."""
@@ -47,7 +59,7 @@ def test_every_arch_trains_a_step_and_exports(arch, gray28, tmp_path):
         val_split=0.25, workers=0, lr=1e-3,
     )  # fmt: skip
     result = train(cfg, log=lambda _: None)
-    assert len(result["epochs"]) == 1 and math.isfinite(result["epochs"][0]["train_loss"])
+    assert len(result.epochs) == 1 and math.isfinite(result.epochs[0]["train_loss"])
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     steps = {float(s["step"]) for s in ckpt["optimizer"]["state"].values()}
     assert steps == {1.0}  # exactly one optimiser step (8 images, batch 16)

@@ -1,129 +1,190 @@
 """`cvtool train`: the command line over cvtool.train (torch imported inside).
 
 Options left unset fall back to the `--recipe` and then to cvtool.train.config's defaults; the
-resolved settings are printed and written to RUN/config.json.
+resolved settings are printed and written to RUN/config.json. `--resume RUN` continues a run in
+RUN with the run's own settings (a DATA given replaces the recorded data path); every other
+option given is named in a warning as ignored.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from cvtool.cli.common import console, err_console, fail, require_torch
+from cvtool.cli.common import CommandError, console, err_console, require_torch
+from cvtool.cli.options import OptionError
+from cvtool.errors import Interrupted
+from cvtool.train.config import (
+    AmpMode,
+    ArchName,
+    AugmentPreset,
+    ClassWeights,
+    FreezeMode,
+    InitScheme,
+    Monitor,
+    OptimizerName,
+    RecipeName,
+    ScheduleName,
+    TrainDevice,
+)
 
 _P = "Optimisation"
 _A = "Augmentation (training images only)"
 _T = "Transfer learning"
 _H = "Hardware"
+DEFAULT_OUT = Path("runs/train")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def train(
-    data: Path | None = typer.Argument(None, help="ImageFolder tree: DATA/<class>/<image>."),
-    out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Run folder to write."),
-    recipe: str | None = typer.Option(None, help="Named settings: fashion-mnist, fashion-mnist-long."),
-    arch: str | None = typer.Option(None, help="Architecture (see --list-archs) (default: simple_cnn)."),
-    dropout: float | None = typer.Option(None, help="Dropout rate (default: the arch's)."),
-    init: str | None = typer.Option(None, help="default, xavier, kaiming, normal or zeros."),
-    epochs: int | None = typer.Option(None, min=1, help="(default: 5)", rich_help_panel=_P),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", "-b", min=1, help="Per process (default: 64).", rich_help_panel=_P
-    ),
-    optimizer: str | None = typer.Option(
-        None, help="sgd, adam or adamw (default: adam).", rich_help_panel=_P
-    ),
-    lr: float | None = typer.Option(
-        None, help="Learning rate (peak for onecycle) (default: 1e-3).", rich_help_panel=_P
-    ),
-    weight_decay: float | None = typer.Option(
-        None, help="L2 penalty (decoupled for adamw) (default: 0).", rich_help_panel=_P
-    ),
-    momentum: float | None = typer.Option(
-        None, help="SGD momentum (Nesterov) (default: 0.9).", rich_help_panel=_P
-    ),
-    label_smoothing: float | None = typer.Option(None, help="(default: 0)", rich_help_panel=_P),
-    class_weights: str | None = typer.Option(
-        None, help="none or balanced (imbalanced data).", rich_help_panel=_P
-    ),
-    schedule: str | None = typer.Option(
-        None, help="none, plateau, cosine, onecycle or step.", rich_help_panel=_P
-    ),
-    plateau_patience: int | None = typer.Option(
-        None, help="Epochs without improvement before the LR drops (default: 5).", rich_help_panel=_P
-    ),
-    plateau_factor: float | None = typer.Option(
-        None, help="LR multiplier on a plateau (default: 0.5).", rich_help_panel=_P
-    ),
-    step_size: int | None = typer.Option(
-        None, help="step schedule: epochs per decay (default: 10).", rich_help_panel=_P
-    ),
-    patience: int | None = typer.Option(
-        None, help="Early stopping: epochs without improvement.", rich_help_panel=_P
-    ),
-    monitor: str | None = typer.Option(
-        None,
-        help="val_acc or val_loss: best.pt, plateau, early stopping (default: val_acc).",
-        rich_help_panel=_P,
-    ),
-    augment: str | None = typer.Option(None, help="Preset: none, light or heavy.", rich_help_panel=_A),
-    hflip: bool | None = typer.Option(
-        None, "--hflip/--no-hflip", help="Random horizontal flips.", rich_help_panel=_A
-    ),
-    rotate: float | None = typer.Option(None, help="Random rotation, ± degrees.", rich_help_panel=_A),
-    translate: float | None = typer.Option(
-        None, help="Random shift, ± fraction of the size.", rich_help_panel=_A
-    ),
-    crop_scale: float | None = typer.Option(
-        None, help="Random-resized crop keeping ≥ this area fraction.", rich_help_panel=_A
-    ),
-    jitter: float | None = typer.Option(
-        None, help="Colour jitter strength (0.4: ±40 %).", rich_help_panel=_A
-    ),
-    random_gray: float | None = typer.Option(
-        None, help="Probability of a gray copy (RGB).", rich_help_panel=_A
-    ),
-    val_split: float | None = typer.Option(None, help="Stratified validation fraction (default: 0.1)."),
-    val_dir: Path | None = typer.Option(None, help="Validation ImageFolder tree instead of --val-split."),
-    seed: int | None = typer.Option(None, help="(default: 0)"),
-    size: int | None = typer.Option(None, help="Square input size (default: from the data)."),
-    channels: int | None = typer.Option(None, help="1 or 3 (default: from the data)."),
-    workers: int | None = typer.Option(
-        None, help="DataLoader worker processes (default: CPUs - 1, at most 4)."
-    ),
-    subset: int | None = typer.Option(None, help="Use at most N training images."),
-    cache: bool | None = typer.Option(
-        None, "--cache/--no-cache", help="Keep decoded images in memory (small images) (default: no)."
-    ),
-    weights: str | None = typer.Option(
-        None,
-        help="torchvision weight name (DEFAULT, IMAGENET1K_V1) or a state dict / checkpoint file.",
-        rich_help_panel=_T,
-    ),
-    init_from: Path | None = typer.Option(
-        None,
-        help="cvtool checkpoint to fine-tune: its arch and weights, a fresh head for a new class set.",
-        rich_help_panel=_T,
-    ),
-    freeze: str | None = typer.Option(
-        None, help="none or backbone (train the head only).", rich_help_panel=_T
-    ),
-    unfreeze_at: int | None = typer.Option(
-        None, help="Epoch from which the backbone trains too.", rich_help_panel=_T
-    ),
-    backbone_lr: float | None = typer.Option(
-        None, help="Backbone LR (default: lr/10 with --unfreeze-at, else lr).", rich_help_panel=_T
-    ),
-    device: str | None = typer.Option(None, help="auto, cpu or cuda (default: auto).", rich_help_panel=_H),
-    amp: str | None = typer.Option(
-        None, help="off, bf16 or fp16 (CUDA only) mixed precision.", rich_help_panel=_H
-    ),
-    channels_last: bool | None = typer.Option(
-        None, "--channels-last/--no-channels-last", help="(default: on for CUDA)", rich_help_panel=_H
-    ),
-    resume: Path | None = typer.Option(
-        None, help="Continue a run exactly: RUN/last.pt or RUN (settings are the run's own)."
-    ),
-    list_archs: bool = typer.Option(False, "--list-archs", help="List architectures and exit."),
+    data: Annotated[
+        Path | None,
+        typer.Argument(
+            help="ImageFolder tree: DATA/<class>/<image> (with --resume: replaces the recorded path)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help=f"Run folder to write (default: {DEFAULT_OUT}).")
+    ] = None,
+    recipe: Annotated[RecipeName | None, typer.Option(help="Named settings (measured results).")] = None,
+    arch: Annotated[
+        ArchName | None, typer.Option(help="Architecture (see --list-archs) (default: simple_cnn).")
+    ] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout rate (default: the arch's).")] = None,
+    init: Annotated[InitScheme | None, typer.Option(help="Weight initialisation (default: default).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="(default: 5)", rich_help_panel=_P)] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", "-b", min=1, help="Per process (default: 64).", rich_help_panel=_P),
+    ] = None,
+    optimizer: Annotated[
+        OptimizerName | None, typer.Option(help="(default: adam)", rich_help_panel=_P)
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Learning rate (peak for onecycle) (default: 1e-3).", rich_help_panel=_P),
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="L2 penalty (decoupled for adamw) (default: 0).", rich_help_panel=_P)
+    ] = None,
+    momentum: Annotated[
+        float | None, typer.Option(help="SGD momentum (Nesterov) (default: 0.9).", rich_help_panel=_P)
+    ] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="(default: 0)", rich_help_panel=_P)] = None,
+    class_weights: Annotated[
+        ClassWeights | None, typer.Option(help="balanced: for imbalanced data.", rich_help_panel=_P)
+    ] = None,
+    schedule: Annotated[
+        ScheduleName | None, typer.Option(help="LR schedule (default: none).", rich_help_panel=_P)
+    ] = None,
+    plateau_patience: Annotated[
+        int | None,
+        typer.Option(help="Epochs without improvement before the LR drops (default: 5).", rich_help_panel=_P),
+    ] = None,
+    plateau_factor: Annotated[
+        float | None, typer.Option(help="LR multiplier on a plateau (default: 0.5).", rich_help_panel=_P)
+    ] = None,
+    step_size: Annotated[
+        int | None, typer.Option(help="step schedule: epochs per decay (default: 10).", rich_help_panel=_P)
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stopping: epochs without improvement.", rich_help_panel=_P)
+    ] = None,
+    monitor: Annotated[
+        Monitor | None,
+        typer.Option(
+            help="Picks best.pt, drives plateau and early stopping (default: val_acc).", rich_help_panel=_P
+        ),
+    ] = None,
+    augment: Annotated[
+        AugmentPreset | None, typer.Option(help="Preset (default: none).", rich_help_panel=_A)
+    ] = None,
+    hflip: Annotated[
+        bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips.", rich_help_panel=_A)
+    ] = None,
+    rotate: Annotated[
+        float | None, typer.Option(help="Random rotation, ± degrees.", rich_help_panel=_A)
+    ] = None,
+    translate: Annotated[
+        float | None, typer.Option(help="Random shift, ± fraction of the size.", rich_help_panel=_A)
+    ] = None,
+    crop_scale: Annotated[
+        float | None,
+        typer.Option(help="Random-resized crop keeping ≥ this area fraction.", rich_help_panel=_A),
+    ] = None,
+    jitter: Annotated[
+        float | None, typer.Option(help="Colour jitter strength (0.4: ±40 %).", rich_help_panel=_A)
+    ] = None,
+    random_gray: Annotated[
+        float | None, typer.Option(help="Probability of a gray copy (RGB).", rich_help_panel=_A)
+    ] = None,
+    val_split: Annotated[
+        float | None, typer.Option(help="Stratified validation fraction (default: 0.1).")
+    ] = None,
+    val_dir: Annotated[
+        Path | None, typer.Option(help="Validation ImageFolder tree instead of --val-split.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
+    size: Annotated[
+        int | None, typer.Option(min=1, help="Square input size (default: from the data).")
+    ] = None,
+    channels: Annotated[
+        int | None, typer.Option(min=1, max=3, help="1 or 3 (default: from the data).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=0, help="DataLoader worker processes (default: CPUs - 1, at most 4)."),
+    ] = None,
+    subset: Annotated[int | None, typer.Option(min=1, help="Use at most N training images.")] = None,
+    cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache/--no-cache", help="Keep decoded images in memory (small images) (default: no)."
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="torchvision weight name (DEFAULT, IMAGENET1K_V1) or a state dict / checkpoint file.",
+            rich_help_panel=_T,
+        ),
+    ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="cvtool checkpoint to fine-tune: its arch and weights, a fresh head for a new class set.",
+            rich_help_panel=_T,
+        ),
+    ] = None,
+    freeze: Annotated[
+        FreezeMode | None, typer.Option(help="backbone: train the head only.", rich_help_panel=_T)
+    ] = None,
+    unfreeze_at: Annotated[
+        int | None, typer.Option(help="Epoch from which the backbone trains too.", rich_help_panel=_T)
+    ] = None,
+    backbone_lr: Annotated[
+        float | None,
+        typer.Option(help="Backbone LR (default: lr/10 with --unfreeze-at, else lr).", rich_help_panel=_T),
+    ] = None,
+    device: Annotated[TrainDevice | None, typer.Option(help="(default: auto)", rich_help_panel=_H)] = None,
+    amp: Annotated[
+        AmpMode | None,
+        typer.Option(help="Mixed precision; fp16 on CUDA only (default: off).", rich_help_panel=_H),
+    ] = None,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option("--channels-last/--no-channels-last", help="(default: on for CUDA)", rich_help_panel=_H),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue a run exactly, in RUN: RUN/last.pt or RUN (settings are the run's own)."),
+    ] = None,
+    list_archs: Annotated[bool, typer.Option("--list-archs", help="List architectures and exit.")] = False,
 ) -> None:
     """Train a classifier on an ImageFolder tree; writes best.pt, last.pt, metrics.csv, curves.png.
 
@@ -138,57 +199,54 @@ def train(
             console.print(f"{name:11s} {spec.description}  [{'; '.join(extras)}]")
         raise typer.Exit(0)
 
-    from cvtool.data import DataError
-    from cvtool.train.checkpoint import CheckpointError, load_checkpoint
+    from cvtool.train.checkpoint import load_checkpoint
     from cvtool.train.config import resolve_config
     from cvtool.train.loop import config_from_checkpoint
     from cvtool.train.loop import train as run_training
 
-    given = dict(
-        data=None if data is None else str(data), out=str(out), arch=arch, dropout=dropout, init=init,
-        epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-        momentum=momentum, label_smoothing=label_smoothing, class_weights=class_weights, schedule=schedule,
-        plateau_patience=plateau_patience, plateau_factor=plateau_factor, step_size=step_size,
-        patience=patience, monitor=monitor, augment=augment, hflip=hflip, rotate=rotate, translate=translate,
-        crop_scale=crop_scale, jitter=jitter, random_gray=random_gray, val_split=val_split,
+    settings = dict(
+        arch=arch, dropout=dropout, init=init, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+        lr=lr, weight_decay=weight_decay, momentum=momentum, label_smoothing=label_smoothing,
+        class_weights=class_weights, schedule=schedule, plateau_patience=plateau_patience,
+        plateau_factor=plateau_factor, step_size=step_size, patience=patience, monitor=monitor,
+        augment=augment, hflip=hflip, rotate=rotate, translate=translate, crop_scale=crop_scale,
+        jitter=jitter, random_gray=random_gray, val_split=val_split,
         val_dir=None if val_dir is None else str(val_dir), seed=seed, size=size, channels=channels,
         workers=workers, subset=subset, cache=cache, weights=weights,
         init_from=None if init_from is None else str(init_from), freeze=freeze, unfreeze_at=unfreeze_at,
         backbone_lr=backbone_lr, device=device, amp=amp, channels_last=channels_last,
     )  # fmt: skip
-    run_dir = resume if resume is not None else out
+    if resume is not None:
+        cfg, state = config_from_checkpoint(resume, data)
+        given = {"out": out, "recipe": recipe, **settings}
+        ignored = [_flag(k) for k, v in given.items() if v is not None]
+        if ignored:
+            err_console.print(
+                f"warning: --resume continues with the run's own settings in {cfg.out}; "
+                f"ignoring {', '.join(ignored)}"
+            )
+    else:
+        if data is None:
+            raise OptionError("give the DATA folder to train on (or --resume RUN)")
+        if init_from is not None and arch is not None:
+            src_arch = load_checkpoint(init_from)["arch"]
+            if src_arch != arch:
+                raise OptionError(f"--init-from {init_from} is a {src_arch}; --arch {arch} contradicts it")
+        given = {"data": str(data), "out": str(out or DEFAULT_OUT), **settings}
+        cfg, state = resolve_config(given, recipe), None
     try:
-        if resume is not None:
-            cfg, state = config_from_checkpoint(resume)
-            ignored = sorted(k for k, v in given.items() if v is not None and k not in ("out", "data"))
-            if ignored or recipe:
-                err_console.print(
-                    f"warning: --resume continues with the run's own settings; ignoring "
-                    f"{', '.join('--' + k.replace('_', '-') for k in ignored) or '--recipe'}"
-                )
-        else:
-            if data is None:
-                raise fail("give the DATA folder to train on (or --resume RUN)")
-            if init_from is not None and arch is not None:
-                src_arch = load_checkpoint(init_from)["arch"]
-                if src_arch != arch:
-                    raise fail(f"--init-from {init_from} is a {src_arch}; --arch {arch} contradicts it")
-            cfg, state = resolve_config(given, recipe), None
-            if cfg.arch not in ARCHS:
-                raise fail(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(sorted(ARCHS))}")
         result = run_training(cfg, log=console.print, resume=state)
-    except KeyboardInterrupt:
-        raise fail(f"interrupted; continue with: cvtool train --resume {run_dir}", code=130) from None
-    except (DataError, CheckpointError, ValueError, FloatingPointError) as e:
-        raise fail(str(e)) from None
+    except KeyboardInterrupt as e:
+        # Ctrl-C or SIGTERM: the last finished epoch's checkpoint is whole; say how to go on.
+        code = e.exit_code if isinstance(e, Interrupted) else 130
+        raise CommandError(f"interrupted; continue with: cvtool train --resume {cfg.out}", code) from None
     console.print(
-        f"best val accuracy {result['best_val_acc']:.4f} (epoch {result['best_epoch']}); "
-        f"checkpoints in {cfg.out}/"
+        f"best val accuracy {result.best_val_acc:.4f} (epoch {result.best_epoch}); checkpoints in {cfg.out}/"
     )
-    if result["skipped_images"]:
+    if result.skipped_images:
         err_console.print(
-            f"{len(result['skipped_images'])} training image(s) could not be read and were skipped:"
+            f"{len(result.skipped_images)} training image(s) could not be read and were skipped:"
         )
-        for line in result["skipped_images"]:
+        for line in result.skipped_images:
             err_console.print(f"  {line}")
         raise typer.Exit(1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -20,6 +21,7 @@ from torchvision.transforms import v2
 
 from cvtool.contract import ModelCard
 from cvtool.images import preprocess, resize_and_crop
+from cvtool.train.config import TrainError
 
 __all__ = ["Augment", "PRESETS", "resolve_augment", "TrainTransform", "EvalTransform"]
 
@@ -58,8 +60,8 @@ def resolve_augment(
 ) -> Augment:
     """A preset with the individually given flags (not None) taking precedence."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown --augment {preset!r}; choose one of {', '.join(PRESETS)}")
-    given = dict(
+        raise TrainError(f"unknown --augment {preset!r}; choose one of {', '.join(PRESETS)}")
+    given: dict[str, Any] = dict(
         hflip=hflip, rotate=rotate, translate=translate, crop_scale=crop_scale, jitter=jitter,
         random_gray=random_gray,
     )  # fmt: skip

@@ -6,11 +6,18 @@ it without unpickling arbitrary objects:
     format, version, arch, arch_kwargs (e.g. dropout), card (ModelCard.to_dict()), model
     (state_dict), epoch, metrics, config, frozen (names of parameters not training when saved),
     and for `--resume`: optimizer, scheduler, scaler, rng, history, tracker.
+
+`deferred_interrupts` holds Ctrl-C and SIGTERM while a run writes its files: torch.save cut short
+by an interrupt raises RuntimeError in place of it, and the run would end with a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +29,13 @@ from cvtool.contract import ModelCard
 from cvtool.errors import CvtoolError
 from cvtool.train.models import create_model
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "deferred_interrupts",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "cvtool.checkpoint"
 VERSION = 1
@@ -40,7 +53,31 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver the first one received.
+
+    Python runs signal handlers in the main thread only, so elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    # getsignal is None for a handler installed outside Python: leave that one alone.
+    previous = {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(s)) is not None}
+    for s in previous:
+        signal.signal(s, lambda signum, _frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            signal.raise_signal(held[0])  # the restored handler runs now (raises, or ends the process)
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a cvtool checkpoint (weights_only); CheckpointError names a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")

@@ -1,8 +1,12 @@
-"""Training settings: one dataclass, named recipes, and the precedence between them.
+"""Training settings: one dataclass, named recipes, the fixed choices, and the precedence.
 
 Precedence: options given on the command line > the `--recipe` > the defaults below. The resolved
 config is written to RUN/config.json and into every checkpoint, so `--resume` continues with
 exactly the settings the run started with.
+
+The fixed choices are `Literal` types (the command line refuses other values and lists these in
+--help); the tuples in CHOICES are derived from them. No torch here: `cli/train_cmd.py` imports
+this module at start-up.
 """
 
 from __future__ import annotations
@@ -10,9 +14,45 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
-__all__ = ["TrainConfig", "RECIPES", "resolve_config", "CHOICES"]
+from cvtool.errors import CvtoolError
+
+__all__ = [
+    "CHOICES",
+    "RECIPES",
+    "AmpMode",
+    "ArchName",
+    "AugmentPreset",
+    "ClassWeights",
+    "FreezeMode",
+    "InitScheme",
+    "Monitor",
+    "OptimizerName",
+    "RecipeName",
+    "ScheduleName",
+    "TrainConfig",
+    "TrainDevice",
+    "TrainError",
+    "resolve_config",
+]
+
+# The names registered in cvtool.train.models (which imports torch); a test keeps them equal.
+ArchName = Literal["mlp", "simple_cnn", "vgg_small", "cnn4", "resnet18", "resnet34", "alexnet", "vgg16"]
+InitScheme = Literal["default", "xavier", "kaiming", "normal", "zeros"]
+OptimizerName = Literal["sgd", "adam", "adamw"]
+ScheduleName = Literal["none", "plateau", "cosine", "onecycle", "step"]
+Monitor = Literal["val_loss", "val_acc"]
+AugmentPreset = Literal["none", "light", "heavy"]
+ClassWeights = Literal["none", "balanced"]
+FreezeMode = Literal["none", "backbone"]
+TrainDevice = Literal["auto", "cpu", "cuda"]
+AmpMode = Literal["off", "bf16", "fp16"]
+RecipeName = Literal["fashion-mnist", "fashion-mnist-long"]  # the keys of RECIPES
+
+
+class TrainError(CvtoolError, ValueError):
+    """Training cannot start or go on (a setting out of range, unusable data, a diverged loss)."""
 
 
 @dataclass
@@ -20,28 +60,28 @@ class TrainConfig:
     data: str
     out: str
     # model
-    arch: str = "simple_cnn"
+    arch: ArchName = "simple_cnn"
     dropout: float | None = None  # None: the arch's default
-    init: str = "default"
+    init: InitScheme = "default"
     # optimisation
     epochs: int = 5
     batch_size: int = 64
-    optimizer: str = "adam"
+    optimizer: OptimizerName = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0  # sgd/adam: L2 penalty added to the gradient; adamw: decoupled decay
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
     label_smoothing: float = 0.0
-    class_weights: str = "none"  # none | balanced (n / (k · n_c), as scikit-learn computes)
-    schedule: str = "none"
+    class_weights: ClassWeights = "none"  # none | balanced (n / (k · n_c), as scikit-learn computes)
+    schedule: ScheduleName = "none"
     plateau_patience: int = 5
     plateau_factor: float = 0.5
     step_size: int = 10  # epochs between `step` decays
     step_gamma: float = 0.1
     patience: int | None = None  # early stopping: epochs without improvement of `monitor`
-    monitor: str = "val_acc"  # picks best.pt, drives plateau and early stopping
+    monitor: Monitor = "val_acc"  # picks best.pt, drives plateau and early stopping
     # augmentation (training images only)
-    augment: str = "none"
+    augment: AugmentPreset = "none"
     hflip: bool | None = None
     rotate: float | None = None  # degrees, ±
     translate: float | None = None  # fraction of the size, ±
@@ -60,26 +100,27 @@ class TrainConfig:
     # transfer learning
     weights: str | None = None  # torchvision weight name or a local state dict / checkpoint
     init_from: str | None = None  # a cvtool checkpoint: its arch and weights, a fresh head
-    freeze: str = "none"  # none | backbone
+    freeze: FreezeMode = "none"  # none | backbone
     unfreeze_at: int | None = None  # epoch (1-based) from which the backbone trains again
     backbone_lr: float | None = None  # None: lr / 10 when fine-tuning, else lr
     # hardware
-    device: str = "auto"
-    amp: str = "off"  # off | bf16 | fp16 (CUDA only); bf16 on the CPU pays off with AVX-512 BF16 / AMX
+    device: TrainDevice = "auto"
+    amp: AmpMode = "off"  # off | bf16 | fp16 (CUDA only); bf16 on the CPU pays off with AVX-512 BF16 / AMX
     channels_last: bool | None = None  # None: on CUDA yes, on the CPU no
-    recipe: str | None = None
+    recipe: RecipeName | None = None
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "optimizer": ("sgd", "adam", "adamw"),
-    "schedule": ("none", "plateau", "cosine", "onecycle", "step"),
-    "monitor": ("val_loss", "val_acc"),
-    "augment": ("none", "light", "heavy"),
-    "class_weights": ("none", "balanced"),
-    "freeze": ("none", "backbone"),
-    "device": ("auto", "cpu", "cuda"),
-    "amp": ("off", "bf16", "fp16"),
-    "init": ("default", "xavier", "kaiming", "normal", "zeros"),
+    "arch": get_args(ArchName),
+    "optimizer": get_args(OptimizerName),
+    "schedule": get_args(ScheduleName),
+    "monitor": get_args(Monitor),
+    "augment": get_args(AugmentPreset),
+    "class_weights": get_args(ClassWeights),
+    "freeze": get_args(FreezeMode),
+    "device": get_args(TrainDevice),
+    "amp": get_args(AmpMode),
+    "init": get_args(InitScheme),
 }
 
 # Named recipes: settings that reach a known result, measured by bench/train_fashion_mnist.py.
@@ -112,24 +153,24 @@ RECIPES["fashion-mnist-long"] = {
 def resolve_config(given: Mapping[str, Any], recipe: str | None = None) -> TrainConfig:
     """TrainConfig from the options actually given (None = not given) over a recipe's settings."""
     if recipe is not None and recipe not in RECIPES:
-        raise ValueError(f"unknown --recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+        raise TrainError(f"unknown --recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     settings: dict[str, Any] = dict(RECIPES.get(recipe, {})) if recipe else {}
     settings.update({k: v for k, v in given.items() if v is not None})
     settings["recipe"] = recipe
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise ValueError(f"unknown training settings {unknown}")
+        raise TrainError(f"unknown training settings {unknown}")
     cfg = TrainConfig(**settings)
     validate(cfg)
     return cfg
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Raise ValueError naming the option that is out of range."""
+    """Raise TrainError naming the option that is out of range."""
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
-            raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
+            raise TrainError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
     checks = [
         (cfg.epochs >= 1, "--epochs must be at least 1"),
         (cfg.batch_size >= 1, "--batch-size must be at least 1"),
@@ -152,4 +193,4 @@ def validate(cfg: TrainConfig) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise TrainError(message)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,7 +168,9 @@ def infer_card(
         input_size, resize = (h, w), "stretch"
     else:
         input_size, resize = (224, 224), "shorter_crop"
-    common = dict(class_names=tuple(classes), channels=channels, input_size=input_size, resize=resize)
+    common: dict[str, Any] = dict(
+        class_names=tuple(classes), channels=channels, input_size=input_size, resize=resize
+    )
     if imagenet_stats and channels == 3:
         return ModelCard(**common, mean=IMAGENET_MEAN, std=IMAGENET_STD, extra=extra or {})
     provisional = ModelCard(**common, mean=(0.0,) * channels, std=(1.0,) * channels)

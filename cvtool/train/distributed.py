@@ -18,6 +18,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from cvtool.train.config import TrainError
+
 __all__ = ["Runtime", "setup", "resolve_device"]
 
 
@@ -28,7 +30,7 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if preference == "cuda":
-        raise ValueError("--device cuda: PyTorch sees no CUDA device (driver, GPU or CUDA build missing)")
+        raise TrainError("--device cuda: PyTorch sees no CUDA device (driver, GPU or CUDA build missing)")
     return torch.device("cpu")
 
 

@@ -3,7 +3,12 @@
 Validation images go through the card's eval preprocessing (`cvtool.images`), the very code
 predict and evaluate use, so validation accuracy is what the exported model will score.
 Everything a run needs to continue exactly — model, optimiser, schedule, grad scaler, RNG states,
-epoch, history, best-so-far — is in last.pt; `--resume` loads it and goes on.
+epoch, history, best-so-far — is in last.pt; `--resume` loads it and goes on, in the folder it
+was given (a copied run continues in the copy).
+
+Ctrl-C and SIGTERM raise KeyboardInterrupt (`cvtool.errors.Interrupted`) out of `train`; the
+checkpoint, metrics and curves of an epoch are written with interrupts held, so the run folder is
+always that of a finished epoch.
 """
 
 from __future__ import annotations
@@ -12,12 +17,11 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,34 +33,58 @@ from cvtool.atomic import atomic_write_text
 from cvtool.contract import ModelCard
 from cvtool.data import scan_image_folder, stratified_split
 from cvtool.train.augment import EvalTransform, TrainTransform, resolve_augment
-from cvtool.train.checkpoint import load_checkpoint, save_checkpoint
-from cvtool.train.config import TrainConfig
+from cvtool.train.checkpoint import CheckpointError, deferred_interrupts, load_checkpoint, save_checkpoint
+from cvtool.train.config import TrainConfig, TrainError
 from cvtool.train.curves import plot_curves
 from cvtool.train.datasets import EpochSampler, ImageDataset, balanced_class_weights, collate, infer_card
 from cvtool.train.distributed import Runtime, setup
+from cvtool.train.epoch import EpochRunner
 from cvtool.train.models import ARCHS, create_model
 from cvtool.train.optim import LRSchedule, build_loss, build_optimizer, head_lr
 from cvtool.train.state import Tracker, rng_state, seed_all, set_rng_state
-from cvtool.train.transfer import freeze_bn_stats, load_matching, load_weights, set_backbone_trainable
+from cvtool.train.transfer import load_matching, load_weights, set_backbone_trainable
 from cvtool.train.weight_init import init_weights
 
-__all__ = ["TrainConfig", "train", "config_from_checkpoint"]
+__all__ = ["TrainConfig", "TrainResult", "train", "config_from_checkpoint"]
 
 
-def config_from_checkpoint(path: str | os.PathLike) -> tuple[TrainConfig, dict[str, Any]]:
-    """(config, checkpoint) of a run to resume: RUN/last.pt, or the RUN folder itself."""
+@dataclass
+class TrainResult:
+    """What a finished run reached; its files are in `out`."""
+
+    best_val_acc: float
+    best_epoch: int
+    epochs: list[dict[str, Any]]  # one metrics row per epoch, as in metrics.csv
+    stopped_early: bool
+    out: str
+    device: str
+    skipped_images: list[str] = field(default_factory=list)  # unreadable training images
+
+
+def config_from_checkpoint(
+    path: str | os.PathLike, data: str | os.PathLike | None = None
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """(config, checkpoint) to resume RUN/last.pt or the RUN folder; the run continues in RUN.
+
+    The output folder is the one given here, not the one recorded, so a copied run folder goes on
+    in the copy. `data` replaces the recorded data path (train() checks it has the same classes).
+    """
     path = Path(path)
-    ckpt = load_checkpoint(path / "last.pt" if path.is_dir() else path)
+    run = path if path.is_dir() else path.parent
+    ckpt = load_checkpoint(run / "last.pt" if path.is_dir() else path)
     if "optimizer" not in ckpt or "rng" not in ckpt:
-        raise ValueError(f"{path}: this checkpoint holds no optimiser/RNG state; resume from last.pt")
-    return TrainConfig(**ckpt["config"]), ckpt
+        raise CheckpointError(f"{path}: this checkpoint holds no optimiser/RNG state; resume from last.pt")
+    settings = {**ckpt["config"], "out": str(run)}
+    if data is not None:
+        settings["data"] = str(data)
+    return TrainConfig(**settings), ckpt
 
 
 def _split(cfg: TrainConfig) -> tuple[list, list, list, list, list[str]]:
     """(train paths, train labels, val paths, val labels, classes) per --val-dir / --val-split / --subset."""
     samples = scan_image_folder(cfg.data)
     if len(samples.classes) < 2:
-        raise ValueError(f"{cfg.data}: found {len(samples.classes)} class folder; need at least 2")
+        raise TrainError(f"{cfg.data}: found {len(samples.classes)} class folder; need at least 2")
     if cfg.val_dir:
         val = scan_image_folder(cfg.val_dir, classes=samples.classes)
         train_idx, val_paths, val_labels = list(range(len(samples))), val.paths, val.labels
@@ -79,68 +107,16 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-class _Epoch:
-    """What one pass over a loader needs; `run` trains when given an optimiser."""
-
-    def __init__(
-        self, model, loss_fn, rt: Runtime, progress: Progress, on_error, amp: str, channels_last: bool
-    ):
-        self.model, self.loss_fn, self.rt = model, loss_fn, rt
-        self.progress, self.on_error = progress, on_error
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def run(self, loader: DataLoader, label: str, optimizer=None, schedule=None, scaler=None) -> list[float]:
-        """One pass → [loss sum, correct, images] for this rank."""
-        training = optimizer is not None
-        self.model.train(training)
-        if training:
-            freeze_bn_stats(self.model)
-        loss_sum, correct, seen = 0.0, 0, 0
-        task = self.progress.add_task(label, total=len(loader), info="")
-        t0 = time.perf_counter()
-        dev = self.rt.device
-        with torch.set_grad_enabled(training):
-            for x, y, errors in loader:
-                for err in errors:
-                    self.on_error(err)
-                if x is None:  # every image of the batch was unreadable
-                    self.progress.advance(task)
-                    continue
-                x = x.to(dev, non_blocking=True, memory_format=self.memory_format)
-                y = y.to(dev, non_blocking=True)
-                with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    logits = self.model(x)
-                loss = self.loss_fn(logits.float(), y)
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} in {label}; lower --lr (the last good checkpoint is kept)"
-                    )
-                if training:
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    schedule.after_batch()
-                loss_sum += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(y)
-                rate = seen / (time.perf_counter() - t0)
-                self.progress.update(task, advance=1, info=f"loss {loss_sum / seen:.4f}  {rate:.0f} img/s")
-        self.progress.remove_task(task)
-        return [loss_sum, correct, seen]
-
-
 def train(
     cfg: TrainConfig,
     log: Callable[[str], None] = print,
     resume: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+) -> TrainResult:
     """Train per `cfg` (continuing the checkpoint `resume` when given); files go to cfg.out.
 
     Writes best.pt (best `monitor`), last.pt, metrics.csv, curves.png, config.json, card.json.
-    Under torchrun only rank 0 logs and writes. Returns the run's summary.
+    Under torchrun only rank 0 logs and writes.
     """
     rt = setup(cfg.device)
     try:
@@ -149,9 +125,15 @@ def train(
         rt.close()
 
 
-def _train(cfg: TrainConfig, rt: Runtime, log, resume, on_epoch_end) -> dict[str, Any]:
+def _train(
+    cfg: TrainConfig,
+    rt: Runtime,
+    log: Callable[[str], None],
+    resume: dict[str, Any] | None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+) -> TrainResult:
     if cfg.amp == "fp16" and rt.device.type != "cuda":
-        raise ValueError(
+        raise TrainError(
             "--amp fp16 needs a CUDA device; on the CPU use bf16 (fast with AVX-512 BF16 or AMX)"
         )
     out = Path(cfg.out)
@@ -168,9 +150,14 @@ def _train(cfg: TrainConfig, rt: Runtime, log, resume, on_epoch_end) -> dict[str
     cfg = dataclasses.replace(cfg, arch=arch)
     if resume:
         card = ModelCard.from_dict(resume["card"])
+        if tuple(classes) != card.class_names:
+            raise TrainError(
+                f"{cfg.data} has the classes {', '.join(classes)}; the run to resume was trained on "
+                f"{', '.join(card.class_names)}"
+            )
     else:
         src_card = ModelCard.from_dict(source["card"]) if source else None
-        named_tv_weights = bool(cfg.weights) and not Path(cfg.weights).is_file()
+        named_tv_weights = bool(cfg.weights and not Path(cfg.weights).is_file())
         card = infer_card(
             train_paths, classes, cfg.size, cfg.channels or (src_card.channels if src_card else None),
             cfg.seed, extra={"arch": arch}, imagenet_stats=named_tv_weights,
@@ -199,7 +186,8 @@ def _train(cfg: TrainConfig, rt: Runtime, log, resume, on_epoch_end) -> dict[str
         log(f"frozen: {n} backbone tensors" + (f" until epoch {cfg.unfreeze_at}" if cfg.unfreeze_at else ""))
 
     channels_last = cfg.channels_last if cfg.channels_last is not None else rt.device.type == "cuda"
-    model.to(rt.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model.to(rt.device)
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     backbone_lr = (
         cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr * (0.1 if cfg.unfreeze_at else 1.0)
     )
@@ -250,6 +238,8 @@ def _train(cfg: TrainConfig, rt: Runtime, log, resume, on_epoch_end) -> dict[str
         )
 
     train_loader = loader(train_paths, train_labels, True)
+    train_sampler = train_loader.sampler
+    assert isinstance(train_sampler, EpochSampler)
     val_loader = loader(val_paths, val_labels, False)
     schedule = LRSchedule(optimizer, cfg, len(train_loader))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.amp == "fp16")
@@ -287,13 +277,13 @@ def _train(cfg: TrainConfig, rt: Runtime, log, resume, on_epoch_end) -> dict[str
     ]
     stopped_early = False
     with Progress(*columns, TimeRemainingColumn(), transient=True, disable=not rt.main) as progress:
-        epoch_runner = _Epoch(net, loss_fn, rt, progress, on_error, cfg.amp, channels_last)
+        epoch_runner = EpochRunner(net, loss_fn, rt, progress, on_error, cfg.amp, channels_last)
         for epoch in range(start, cfg.epochs + 1):
             if cfg.freeze == "backbone" and cfg.unfreeze_at == epoch:
                 set_backbone_trainable(model, arch, True)
                 net = epoch_runner.model = rt.wrap(model)  # DDP must see the newly trainable tensors
                 log(f"epoch {epoch}: backbone unfrozen (backbone lr {backbone_lr:g})")
-            train_loader.sampler.set_epoch(epoch)
+            train_sampler.set_epoch(epoch)
             lr = head_lr(optimizer)
             t0 = time.perf_counter()
             tr = epoch_runner.run(train_loader, f"epoch {epoch} train", optimizer, schedule, scaler)
@@ -332,11 +322,14 @@ def _train(cfg: TrainConfig, rt: Runtime, log, resume, on_epoch_end) -> dict[str
                     "frozen": [n for n, p in model.named_parameters() if not p.requires_grad],
                     "fresh": sorted(fresh),
                 }
-                save_checkpoint(out / "last.pt", state)
-                if improved:
-                    save_checkpoint(out / "best.pt", state)
-                _write_metrics(out / "metrics.csv", rows)
-                plot_curves(rows, out / "curves.png", cfg.schedule)
+                # torch.save cut short by an interrupt raises RuntimeError instead of it: Ctrl-C
+                # and SIGTERM wait until the epoch's files are written.
+                with deferred_interrupts():
+                    save_checkpoint(out / "last.pt", state)
+                    if improved:
+                        save_checkpoint(out / "best.pt", state)
+                    _write_metrics(out / "metrics.csv", rows)
+                    plot_curves(rows, out / "curves.png", cfg.schedule)
             log(
                 f"epoch {epoch}/{cfg.epochs}  lr {lr:.3g}  train loss {row['train_loss']:.4f} "
                 f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  "
@@ -352,12 +345,12 @@ def _train(cfg: TrainConfig, rt: Runtime, log, resume, on_epoch_end) -> dict[str
                 stopped_early = True
                 break
     rt.barrier()
-    return {
-        "best_val_acc": tracker.best_acc,
-        "best_epoch": tracker.best_epoch,
-        "epochs": rows,
-        "stopped_early": stopped_early,
-        "out": str(out),
-        "device": str(rt.device),
-        "skipped_images": sorted(bad_files),
-    }
+    return TrainResult(
+        best_val_acc=tracker.best_acc,
+        best_epoch=tracker.best_epoch,
+        epochs=rows,
+        stopped_early=stopped_early,
+        out=str(out),
+        device=str(rt.device),
+        skipped_images=sorted(bad_files),
+    )

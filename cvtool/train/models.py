@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cvtool.train.config import TrainError
+
 __all__ = ["ARCHS", "ArchSpec", "arch_names", "create_model", "head_module", "SMALL_INPUT"]
 
 # Inputs whose longer side is at most this many pixels get the small-image variants (ResNet's
@@ -58,13 +60,13 @@ def create_model(
 ) -> nn.Module:
     """Build `arch` for the data's class count, channels and (height, width)."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(arch_names())}")
+        raise TrainError(f"unknown arch {arch!r}; choose one of {', '.join(arch_names())}")
     spec = ARCHS[arch]
     kwargs = {k: v for k, v in arch_kwargs.items() if v is not None}
     if "dropout" in kwargs and spec.dropout is None:
-        raise ValueError(f"{arch} has no dropout layers; leave --dropout unset")
+        raise TrainError(f"{arch} has no dropout layers; leave --dropout unset")
     if set(kwargs) - {"dropout"}:
-        raise ValueError(f"unknown arch options {sorted(set(kwargs) - {'dropout'})} for {arch}")
+        raise TrainError(f"unknown arch options {sorted(set(kwargs) - {'dropout'})} for {arch}")
     if spec.dropout is not None:
         kwargs.setdefault("dropout", spec.dropout)
     return spec.builder(num_classes, in_channels, tuple(input_size), **kwargs)
@@ -85,7 +87,7 @@ def _check_min_size(arch: str, input_size: tuple[int, int], pools: int) -> tuple
     h, w = input_size
     fh, fw = h >> pools, w >> pools  # each 2×2 max-pool floors
     if fh < 1 or fw < 1:
-        raise ValueError(f"{arch} needs inputs of at least {2**pools}×{2**pools}, got {h}×{w}")
+        raise TrainError(f"{arch} needs inputs of at least {2**pools}×{2**pools}, got {h}×{w}")
     return fh, fw
 
 
@@ -220,11 +222,13 @@ def _fit_pools(features: nn.Sequential, side: int) -> None:
     """
     for i, m in enumerate(features):
         if isinstance(m, nn.Conv2d):
-            k, s, p = m.kernel_size[0], m.stride[0], m.padding[0]
-            side = (side + 2 * p - k) // s + 1
+            if m.padding == "same":  # stride 1: the side is kept
+                continue
+            p = 0 if isinstance(m.padding, str) else m.padding[0]  # "valid": no padding
+            side = (side + 2 * p - m.kernel_size[0]) // m.stride[0] + 1
         elif isinstance(m, nn.MaxPool2d):
-            k, s = m.kernel_size, m.stride
-            k, s = (k if isinstance(k, int) else k[0]), (s if isinstance(s, int) else s[0])
+            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+            s = m.stride if isinstance(m.stride, int) else m.stride[0]
             if side < k:
                 features[i] = nn.Identity()
             else:
@@ -245,7 +249,7 @@ def _compact_head(in_features: int, num_classes: int, dropout: float) -> nn.Sequ
 def _kaiming_conv(c_in: int, c_out: int, k: int, stride: int, padding: int, bias: bool) -> nn.Conv2d:
     conv = nn.Conv2d(c_in, c_out, k, stride, padding, bias=bias)
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # as torchvision does
-    if bias:
+    if conv.bias is not None:
         nn.init.zeros_(conv.bias)
     return conv
 

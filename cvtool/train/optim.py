@@ -7,7 +7,7 @@ no weight decay (decaying a batch-norm scale only fights the normalisation).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -74,7 +74,7 @@ class LRSchedule:
         sched = torch.optim.lr_scheduler
         self.scheduler: Any = None
         if self.name == "plateau":
-            mode = "min" if cfg.monitor == "val_loss" else "max"
+            mode: Literal["min", "max"] = "min" if cfg.monitor == "val_loss" else "max"
             self.scheduler = sched.ReduceLROnPlateau(
                 optimizer, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience
             )

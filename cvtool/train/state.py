@@ -53,7 +53,8 @@ def seed_all(seed: int) -> None:
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch RNG states as tensors and builtins (weights_only-loadable)."""
     py = random.getstate()
-    npy = np.random.get_state()
+    npy = np.random.get_state(legacy=True)
+    assert isinstance(npy, tuple)  # legacy=True: the MT19937 tuple (the stubs also allow a dict)
     return {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [npy[0], torch.from_numpy(npy[1].astype(np.int64)), int(npy[2]), int(npy[3]), float(npy[4])],

@@ -7,6 +7,7 @@ parameters are the module's own (not its children's), so the rows add up to the 
 from __future__ import annotations
 
 import os
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import torch
@@ -19,7 +20,10 @@ __all__ = ["checkpoint_summary", "module_summary"]
 
 
 def module_summary(
-    model: nn.Module, input_shape: tuple[int, int, int], frozen: set[str] = frozenset(), source: str = ""
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    frozen: AbstractSet[str] = frozenset(),
+    source: str = "",
 ) -> Summary:
     """Summary of `model` for (C, H, W) inputs; parameters named in `frozen` count as non-trainable."""
     shapes: dict[str, tuple] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import torch
@@ -125,7 +126,7 @@ def load_weights(model: nn.Module, arch: str, source: str, log: Callable[[str], 
 
 
 def set_backbone_trainable(
-    model: nn.Module, arch: str, trainable: bool, fresh: set[str] = frozenset()
+    model: nn.Module, arch: str, trainable: bool, fresh: AbstractSet[str] = frozenset()
 ) -> int:
     """requires_grad for every non-head parameter (those in `fresh` always train); returns how many froze."""
     head_ids = {id(p) for p in head_module(model, arch).parameters()}

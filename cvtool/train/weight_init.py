@@ -8,11 +8,15 @@ weight 1, bias 0 under every scheme.
 
 from __future__ import annotations
 
+from typing import get_args
+
 from torch import nn
+
+from cvtool.train.config import InitScheme, TrainError
 
 __all__ = ["INIT_SCHEMES", "init_weights"]
 
-INIT_SCHEMES = ("default", "xavier", "kaiming", "normal", "zeros")
+INIT_SCHEMES: tuple[str, ...] = get_args(InitScheme)
 
 NORMAL_STD = 0.01  # `normal`: N(0, 0.01²), the small-Gaussian init of the early ImageNet nets
 
@@ -20,7 +24,7 @@ NORMAL_STD = 0.01  # `normal`: N(0, 0.01²), the small-Gaussian init of the earl
 def init_weights(model: nn.Module, scheme: str) -> nn.Module:
     """Re-initialise every Conv/Linear weight (biases to zero) per `scheme`; returns `model`."""
     if scheme not in INIT_SCHEMES:
-        raise ValueError(f"unknown init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
+        raise TrainError(f"unknown init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
     if scheme == "default":
         return model
     for m in model.modules():
