@@ -28,7 +28,7 @@ def test_arch_exports_and_verifies(arch, verify_dir, tmp_path):
             m.running_var.uniform_(0.5, 2.0)
     ckpt = save_checkpoint_for(tmp_path / f"{arch}.pt", net, arch, card)
     info = export_checkpoint(ckpt, tmp_path / f"{arch}.onnx", verify_dir=verify_dir)
-    comp = info["verify"]
+    comp = info.verify
     assert comp.n == 3 * len(CLASSES) and not comp.failed
     assert comp.agreement == 1.0 and comp.max_abs_diff <= 1e-4
     assert comp.accuracy_ref == comp.accuracy_cand

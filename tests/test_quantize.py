@@ -17,7 +17,7 @@ from cvtool.cli import app
 from cvtool.data import scan_image_folder
 from cvtool.export.onnx_export import export_checkpoint
 from cvtool.images import load_and_preprocess
-from cvtool.infer.compare import compare_predictions
+from cvtool.infer.compare import compare_files, compare_predictions
 from cvtool.infer.session import open_model
 from cvtool.onnxtools.card_edit import read_card
 from cvtool.onnxtools.params import count_parameters
@@ -69,7 +69,9 @@ def test_int8_agrees_with_fp32_on_generated_images(fp32, int8, eval_set):
     assert comp.agreement == pytest.approx(agreement)
     assert comp.max_abs_diff == pytest.approx(float(np.abs(p32 - p8).max()), rel=1e-6)
     assert (comp.accuracy_ref, comp.accuracy_cand) == (pytest.approx(acc32), pytest.approx(acc8))
-    assert summary["calibrated"] == 64 and not summary["failed"]
+    # compare_files (export --int8/--fp16 and quantize --verify) is the same comparison, file to file.
+    assert compare_files(fp32, path, (list(files), list(y))) == comp
+    assert summary.calibrated == 64 and not summary.failed
 
 
 def test_int8_graph_is_quantized_and_keeps_the_card(fp32, int8):
@@ -80,7 +82,7 @@ def test_int8_graph_is_quantized_and_keeps_the_card(fp32, int8):
     conv_weights = [t for t in q.graph.initializer if len(t.dims) == 4]
     assert conv_weights and all(t.data_type == onnx.TensorProto.INT8 for t in conv_weights)
     assert count_parameters(q) == count_parameters(f)  # same weights, 8-bit
-    assert summary["bytes_out"] < 0.35 * summary["bytes_in"]
+    assert summary.bytes_out < 0.35 * summary.bytes_in
     card32, card8 = read_card(f), read_card(q)
     assert card8 == card32  # extra (provenance) is not part of equality…
     assert card8.extra["precision"] == "int8"  # …but says what the file is

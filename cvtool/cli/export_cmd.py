@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cvtool.cli.common import console, err_console, fail, require_torch
+from cvtool.cli.common import console, err_console, require_torch
+from cvtool.cli.options import OptionError
+
+if TYPE_CHECKING:
+    from cvtool.export.onnx_export import Precision
+    from cvtool.infer.compare import Comparison
+
+_NAMES = {"fp32": "float32", "fp16": "float16", "int8": "INT8"}
 
 
 def _parse_batch(batch: str) -> int | None:
@@ -17,54 +25,61 @@ def _parse_batch(batch: str) -> int | None:
     except ValueError:
         n = 0
     if n < 1:
-        raise fail(f"--batch takes 'dynamic' or a positive number, got {batch!r}")
+        raise OptionError(f"--batch takes 'dynamic' or a positive number, got {batch!r}")
     return n
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+def _show_verify(comp: Comparison) -> None:
+    console.print(f"verify (PyTorch vs ONNX float32) on {comp.describe('PyTorch', 'ONNX')}")
 
 
 def export(
-    checkpoint: Path = typer.Argument(..., help="A cvtool checkpoint (best.pt / last.pt)."),
-    output: Path = typer.Option(..., "--output", "-o", help="ONNX file to write."),
-    opset: int = typer.Option(18, help="ONNX opset version."),
-    batch: str = typer.Option("dynamic", help="Batch dimension: dynamic, or a fixed size N."),
-    verify: Path | None = typer.Option(
-        None,
-        "--verify",
-        help="Image folder to compare PyTorch and ONNX Runtime on (class sub-folders = labeled); "
-        "exit 1 unless every top-1 agrees and |Δprob| ≤ --tolerance.",
-    ),
-    labels: Path | None = typer.Option(None, help="id,label CSV that labels a flat --verify folder."),
-    tolerance: float = typer.Option(1e-4, help="Max |Δprob| allowed between PyTorch and float32 ONNX."),
-    fp16: bool = typer.Option(
-        False, "--fp16", help="Write float16 weights (float32 inputs/outputs), for GPUs."
-    ),
-    int8: bool = typer.Option(
-        False, "--int8", help="Write a statically quantized INT8 model (needs --calib)."
-    ),
-    calib: Path | None = typer.Option(None, help="Calibration images for --int8 (sub-folders included)."),
-    calib_n: int = typer.Option(256, "--calib-n", min=1, help="Calibration images to sample."),
+    checkpoint: Annotated[Path, typer.Argument(help="A cvtool checkpoint (best.pt / last.pt).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
+    batch: Annotated[str, typer.Option(help="Batch dimension: dynamic, or a fixed size N.")] = "dynamic",
+    verify: Annotated[
+        Path | None,
+        typer.Option(
+            help="Image folder to compare PyTorch and ONNX Runtime on (class sub-folders = labeled); "
+            "exit 1 unless every top-1 agrees and |Δprob| ≤ --tolerance.",
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="id,label CSV that labels a flat --verify folder (id = file stem).")
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Max |Δprob| allowed between PyTorch and float32 ONNX.")
+    ] = 1e-4,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="Write float16 weights (float32 inputs/outputs), for GPUs.")
+    ] = False,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Write a statically quantized INT8 model (needs --calib).")
+    ] = False,
+    calib: Annotated[
+        Path | None, typer.Option(help="Calibration images for --int8 (sub-folders included).")
+    ] = None,
+    calib_n: Annotated[int, typer.Option("--calib-n", min=1, help="Calibration images to sample.")] = 256,
 ) -> None:
-    """Export a checkpoint to ONNX (dynamic batch, the model card embedded), checked against PyTorch."""
+    """Export a checkpoint to ONNX (dynamic batch, the model card embedded), checked against PyTorch.
+
+    With --fp16 or --int8 and --verify, the reduced-precision file is also compared with the
+    float32 one on the same images (reported, not enforced).
+    """
     require_torch()
-    from cvtool.data import DataError
-    from cvtool.export.onnx_export import ExportError, export_checkpoint
+    from cvtool.export.onnx_export import export_checkpoint
     from cvtool.export.verify import VerifyError
-    from cvtool.onnxtools.model_file import OnnxFileError
-    from cvtool.onnxtools.quantize import QuantizeError
-    from cvtool.train.checkpoint import CheckpointError
 
     if fp16 and int8:
-        raise fail("--fp16 and --int8 exclude each other")
+        raise OptionError("--fp16 and --int8 exclude each other")
     if int8 and calib is None:
-        raise fail("--int8 needs calibration images: --calib DIR")
+        raise OptionError("--int8 needs calibration images: --calib DIR")
     if calib is not None and not int8:
-        raise fail("--calib is only used with --int8")
+        raise OptionError("--calib is only used with --int8")
     if labels is not None and verify is None:
-        raise fail("--labels labels the --verify folder; pass --verify DIR too")
-    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+        raise OptionError("--labels labels the --verify folder; pass --verify DIR too")
+    precision: Precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     try:
         info = export_checkpoint(
             checkpoint,
@@ -80,32 +95,30 @@ def export(
             on_progress=lambda msg: err_console.print(msg),
         )
     except VerifyError as e:
-        comp = e.summary["verify"]
-        console.print(f"verify (PyTorch vs ONNX float32) on {comp.describe('PyTorch', 'ONNX')}")
-        for p in comp.disagreements[:10]:
-            console.print(f"  top-1 differs: {p}")
-        raise fail(str(e) + "; nothing written", code=1) from None
-    except (CheckpointError, ExportError, DataError, OnnxFileError, QuantizeError) as e:
-        raise fail(str(e)) from None
+        # Show what disagreed; the handler prints the error and exits 1.
+        if e.result.verify is not None:
+            _show_verify(e.result.verify)
+            for p in e.result.verify.disagreements[:10]:
+                console.print(f"  top-1 differs: {p}")
+        raise
 
-    names = {"fp32": "float32", "fp16": "float16", "int8": "INT8"}
-    batch_text = "dynamic batch" if info["batch"] is None else f"fixed batch {info['batch']}"
+    batch_text = "dynamic batch" if info.batch is None else f"fixed batch {info.batch}"
     console.print(
-        f"wrote {info['path']} ({names[precision]}, opset {info['opset']}, {batch_text}, "
-        f"{info['card'].num_classes} classes, {_mb(info['bytes'])}); random inputs: "
-        f"max |Δprob| float32 vs PyTorch {info['max_abs_prob_diff']:.1e}"
+        f"wrote {info.path} ({_NAMES[precision]}, opset {info.opset}, {batch_text}, "
+        f"{info.card.num_classes} classes, {info.bytes / 1e6:.1f} MB); random inputs: "
+        f"max |Δprob| float32 vs PyTorch {info.max_abs_prob_diff:.1e}"
     )
-    failed: dict = {}
-    if info["quantize"] is not None:
-        q = info["quantize"]
-        console.print(f"quantized: {q['settings'].describe()}, calibrated on {q['calibrated']} images")
-        failed.update(q["failed"])
-    if info["verify"] is not None:
-        console.print(f"verify (PyTorch vs ONNX float32) on {info['verify'].describe('PyTorch', 'ONNX')}")
-        failed.update(info["verify"].failed)
-    if info["reduced"] is not None:
-        low = names[precision]
-        console.print(f"{low} vs float32 on {info['reduced'].describe('float32', low)}")
+    failed: dict[Path, str] = {}
+    if info.quantize is not None:
+        q = info.quantize
+        console.print(f"quantized: {q.settings.describe()}, calibrated on {q.calibrated} images")
+        failed.update(q.failed)
+    if info.verify is not None:
+        _show_verify(info.verify)
+        failed.update(info.verify.failed)
+    if info.reduced is not None:
+        low = _NAMES[precision]
+        console.print(f"{low} vs float32 on {info.reduced.describe('float32', low)}")
     if failed:
         err_console.print(f"{len(failed)} calibration/verification image(s) could not be read:")
         for p, reason in list(failed.items())[:10]:

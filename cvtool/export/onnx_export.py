@@ -15,8 +15,9 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import onnx
@@ -30,12 +31,23 @@ from cvtool.onnxtools.model_file import save_onnx
 from cvtool.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 if TYPE_CHECKING:
-    from cvtool.onnxtools.quantize import QuantSettings
+    from cvtool.infer.compare import Comparison
+    from cvtool.onnxtools.quantize import QuantizeResult, QuantSettings
 
-__all__ = ["DEFAULT_OPSET", "PRECISIONS", "ExportError", "attach_card", "export_checkpoint", "export_onnx"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "PRECISIONS",
+    "ExportError",
+    "ExportResult",
+    "Precision",
+    "attach_card",
+    "export_checkpoint",
+    "export_onnx",
+]
 
 DEFAULT_OPSET = 18
-PRECISIONS = ("fp32", "fp16", "int8")
+Precision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 # ONNX Runtime vs PyTorch on random inputs, float32: max |Δprob| allowed before export fails.
 RANDOM_CHECK_TOLERANCE = 1e-4
 
@@ -45,6 +57,22 @@ attach_card = write_card
 
 class ExportError(CvtoolError, RuntimeError):
     """Export failed or produced a graph that disagrees with PyTorch."""
+
+
+@dataclass
+class ExportResult:
+    """What export_checkpoint wrote and measured."""
+
+    path: Path
+    card: ModelCard  # the card in the file (fp16/int8: marked with the precision)
+    opset: int
+    batch: int | None  # None: dynamic
+    precision: Precision
+    max_abs_prob_diff: float  # float32 graph vs PyTorch on random inputs
+    verify: Comparison | None = None  # float32 graph vs PyTorch on the verification images
+    reduced: Comparison | None = None  # the fp16/int8 file vs float32 on those images
+    quantize: QuantizeResult | None = None  # int8: how it was calibrated (path: the file written)
+    bytes: int = 0  # size of the file written
 
 
 def _torch_to_onnx(net: torch.nn.Module, example: torch.Tensor, opset: int, dynamic: bool) -> onnx.ModelProto:
@@ -120,7 +148,7 @@ def export_checkpoint(
     opset: int = DEFAULT_OPSET,
     *,
     batch: int | None = None,
-    precision: str = "fp32",
+    precision: Precision = "fp32",
     verify_dir: str | os.PathLike | None = None,
     verify_labels: str | os.PathLike | None = None,
     tolerance: float = 1e-4,
@@ -128,21 +156,17 @@ def export_checkpoint(
     calib_n: int = 256,
     quant_settings: QuantSettings | None = None,
     on_progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Export a cvtool checkpoint to `out_path`; returns a summary.
+) -> ExportResult:
+    """Export a cvtool checkpoint to `out_path`.
 
     precision: "fp32"; "fp16" (float16 inside, float32 inputs/outputs, for GPUs); "int8" (static
     QDQ quantization calibrated on `calib_n` images from `calib_dir`, cvtool.onnxtools.quantize).
     With `verify_dir`, the float32 graph must agree with PyTorch on those images (top-1 on every
     image, max |Δprob| ≤ `tolerance`) or VerifyError is raised and nothing is written; a float16
     or INT8 file is then compared with the float32 one on the same images (reported, not enforced).
-
-    Summary keys: path, card, opset, batch, precision, max_abs_prob_diff (random inputs), verify
-    (Comparison of float32 vs PyTorch, or None), reduced (Comparison of the fp16/int8 file vs
-    float32, or None), quantize (quantize_model's summary, or None), bytes.
     """
     from cvtool.export.verify import VerifyError, verify_against_torch
-    from cvtool.infer.compare import Comparison, compare_predictions, verification_set
+    from cvtool.infer.compare import compare_files, verification_set
     from cvtool.onnxtools.quantize import calibration_files, quantize_model
 
     if precision not in PRECISIONS:
@@ -155,35 +179,25 @@ def export_checkpoint(
     net, card = model_from_checkpoint(ckpt)
     # Fail on unusable folders before the (slow) export.
     verify_set = verification_set(verify_dir, card.class_names, verify_labels) if verify_dir else None
-    calib = calibration_files(calib_dir, calib_n) if precision == "int8" else []
+    calib = calibration_files(calib_dir, calib_n) if calib_dir is not None and precision == "int8" else []
     model, max_delta = export_onnx(net, card, opset, batch)
-    summary: dict[str, Any] = {
-        "path": str(out_path),
-        "card": card,
-        "opset": opset,
-        "batch": batch,
-        "precision": precision,
-        "max_abs_prob_diff": max_delta,
-        "verify": None,
-        "reduced": None,
-        "quantize": None,
-    }
+    result = ExportResult(out_path, card, opset, batch, precision, max_delta)
     with tempfile.TemporaryDirectory(prefix="cvtool-export-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         save_onnx(model, fp32_path)
         if verify_set is not None:
             say(f"verifying the float32 graph against PyTorch on {len(verify_set[0])} images")
-            comp: Comparison = verify_against_torch(net, fp32_path, card, *verify_set)
-            summary["verify"] = comp
+            comp = result.verify = verify_against_torch(net, fp32_path, card, *verify_set)
             if comp.agreement < 1.0 or not comp.max_abs_diff <= tolerance:
                 raise VerifyError(
                     f"ONNX Runtime disagrees with PyTorch on {verify_dir}: top-1 agreement "
-                    f"{comp.agreement:.2%}, max |Δprob| {comp.max_abs_diff:.2e} (tolerance {tolerance:g})",
-                    summary,
+                    f"{comp.agreement:.2%}, max |Δprob| {comp.max_abs_diff:.2e} (tolerance {tolerance:g}); "
+                    "nothing written",
+                    result,
                 )
         if precision == "fp32":
-            summary["bytes"] = save_onnx(model, out_path)
-            return summary
+            result.bytes = save_onnx(model, out_path)
+            return result
 
         from cvtool.infer.session import open_model
 
@@ -194,7 +208,7 @@ def export_checkpoint(
             half = to_fp16(model)
             card16 = dataclasses.replace(card, extra={**card.extra, "precision": "fp16"})
             write_card(half, card16)
-            summary["card"] = card16
+            result.card = card16
             try:
                 onnx.checker.check_model(half, full_check=True)
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
@@ -203,7 +217,7 @@ def export_checkpoint(
         else:
             say(f"calibrating INT8 on {len(calib)} images from {calib_dir}")
             q = quantize_model(fp32_path, reduced_path, calib, settings=quant_settings)
-            summary["quantize"], summary["card"] = {**q, "path": out_path}, q["card"]
+            result.quantize, result.card = dataclasses.replace(q, path=out_path), q.card
         low = open_model(reduced_path, device="cpu")
         x = np.random.default_rng(0).normal(size=(batch or 3, card.channels, *card.input_size))
         x = x.astype(np.float32)
@@ -212,9 +226,8 @@ def export_checkpoint(
             raise ExportError(f"the {precision} graph produces non-finite outputs (overflow)")
         if verify_set is not None:
             say(f"comparing {precision} with float32 on {len(verify_set[0])} images")
-            ref = open_model(fp32_path, device="cpu")
-            summary["reduced"] = compare_predictions(verify_set[0], card, ref.run, low.run, verify_set[1])
+            result.reduced = compare_files(fp32_path, reduced_path, verify_set)
         data = reduced_path.read_bytes()
     atomic_write_bytes(out_path, data)
-    summary["bytes"] = len(data)
-    return summary
+    result.bytes = len(data)
+    return result

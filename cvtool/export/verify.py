@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,18 +19,24 @@ from cvtool.contract import ModelCard
 from cvtool.export.onnx_export import ExportError
 from cvtool.infer.compare import Comparison, ProbFn, compare_predictions
 
+if TYPE_CHECKING:
+    from cvtool.export.onnx_export import ExportResult
+
 __all__ = ["VerifyError", "torch_probs", "verify_against_torch"]
 
 
 class VerifyError(ExportError):
-    """The exported file disagrees with PyTorch on the verification images.
+    """The exported graph disagrees with PyTorch on the verification images; nothing was written.
 
-    `summary` holds what export_checkpoint measured, `summary["verify"]` the Comparison.
+    `result` holds what export_checkpoint measured, `result.verify` the Comparison. Exit code 1:
+    the input was usable, the export is what failed.
     """
 
-    def __init__(self, message: str, summary: dict[str, Any]):
+    exit_code = 1
+
+    def __init__(self, message: str, result: ExportResult):
         super().__init__(message)
-        self.summary = summary
+        self.result = result
 
 
 def torch_probs(net: torch.nn.Module) -> ProbFn:
