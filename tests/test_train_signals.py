@@ -89,6 +89,22 @@ def test_sigterm_stops_training_cleanly_and_resume_finishes(data, tmp_path):
     assert load_checkpoint(run / "last.pt")["epoch"] == EPOCHS
 
 
+def test_sigterm_to_the_whole_process_group_with_workers(data, tmp_path):
+    """SLURM's scancel signals every process of the job, DataLoader workers included: they stop
+    quietly, so the main process does not fail with "DataLoader worker killed by signal"."""
+    run = tmp_path / "run"
+    proc = _start(data, run, workers=1, start_new_session=True)
+    _wait_for_first_checkpoint(proc, run)
+    time.sleep(0.3)  # into the next epoch, where the workers are decoding
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert f"interrupted; continue with: cvtool train --resume {run}" in err
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    load_checkpoint(run / "last.pt")
+
+
 def test_sigint_interrupts_even_when_the_parent_ignores_it(data, tmp_path):
     """nohup and background jobs of a script start their children with SIGINT ignored."""
     run = tmp_path / "run"

@@ -9,6 +9,7 @@ torchrun group, and after `--resume`.
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from cvtool.contract import ModelCard
 from cvtool.images import ImageError, load_image, preprocess
 
-__all__ = ["ImageDataset", "EpochSampler", "collate", "infer_card", "balanced_class_weights"]
+__all__ = ["ImageDataset", "EpochSampler", "collate", "infer_card", "balanced_class_weights", "worker_init"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,6 +114,16 @@ class EpochSampler(Sampler):
         if self.pad:
             return -(-self.n // self.world)
         return len(range(self.rank, self.n, self.world))
+
+
+def worker_init(_worker_id: int) -> None:
+    """DataLoader worker set-up: SIGTERM ends the worker quietly, as SIGINT does.
+
+    SLURM signals every process of a job. PyTorch's own handler lets a worker die of SIGTERM, and
+    the main process then raises "DataLoader worker … is killed by signal" at whatever line it is
+    on, in place of its own clean stop. A worker loop ends quietly on KeyboardInterrupt.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def collate(items):

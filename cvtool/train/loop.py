@@ -36,7 +36,14 @@ from cvtool.train.augment import EvalTransform, TrainTransform, resolve_augment
 from cvtool.train.checkpoint import CheckpointError, deferred_interrupts, load_checkpoint, save_checkpoint
 from cvtool.train.config import TrainConfig, TrainError
 from cvtool.train.curves import plot_curves
-from cvtool.train.datasets import EpochSampler, ImageDataset, balanced_class_weights, collate, infer_card
+from cvtool.train.datasets import (
+    EpochSampler,
+    ImageDataset,
+    balanced_class_weights,
+    collate,
+    infer_card,
+    worker_init,
+)
 from cvtool.train.distributed import Runtime, setup
 from cvtool.train.epoch import EpochRunner
 from cvtool.train.models import ARCHS, create_model
@@ -232,6 +239,7 @@ def _train(
             sampler=sampler,
             num_workers=workers,
             collate_fn=collate,
+            worker_init_fn=worker_init,
             generator=torch.Generator(),
             persistent_workers=workers > 0,
             pin_memory=rt.device.type == "cuda",
