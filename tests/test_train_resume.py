@@ -63,7 +63,9 @@ def test_data_given_on_resume_replaces_the_recorded_path(data, tmp_path):
     (tmp_path / "first").rename(moved)  # the recorded path no longer exists
 
     r = runner.invoke(app, ["train", "--resume", str(run)])
-    assert r.exit_code == 2 and "first" in r.output  # nothing to train on: says where it looked
+    assert (
+        r.exit_code == 2 and str(tmp_path / "first") in r.output and "cvtool train DATA --resume" in r.output
+    )
 
     r = runner.invoke(app, ["train", str(moved), "--resume", str(run)])
     assert r.exit_code == 0, r.output

@@ -218,6 +218,11 @@ def train(
     )  # fmt: skip
     if resume is not None:
         cfg, state = config_from_checkpoint(resume, data)
+        if data is None and not Path(cfg.data).is_dir():
+            raise OptionError(
+                f"{cfg.data}, the run's data folder, is not there; give where it is now: "
+                f"cvtool train DATA --resume {resume}"
+            )
         given = {"out": out, "recipe": recipe, **settings}
         ignored = [_flag(k) for k, v in given.items() if v is not None]
         if ignored:
