@@ -35,8 +35,11 @@ demo: $(STAMP)
 	@echo "  eval/report.html                the evaluation report (metrics, confusion matrices, mistakes)"
 	@echo "  eval/                           metrics.json, per_image.csv, confusion_matrix*.png, …"
 
+# ruff (style, and the torch-boundary import ban), import-linter (layers, torch boundary), mypy.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test: lint
 	$(PY) -m pytest -q

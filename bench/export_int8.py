@@ -82,8 +82,8 @@ def bench_resnet(work: Path, threads: int, batch: int, seconds: float, rounds: i
 
     from cvtool.contract import ModelCard
     from cvtool.export.onnx_export import export_onnx
-    from cvtool.infer.session import open_model
     from cvtool.infer.compare import throughput
+    from cvtool.infer.session import open_model
     from cvtool.onnxtools.model_file import save_onnx
     from cvtool.onnxtools.quantize import QuantSettings, quantize_model
 
@@ -118,8 +118,8 @@ def bench_resnet(work: Path, threads: int, batch: int, seconds: float, rounds: i
 
 def bench_fmnist(work: Path, ckpt: Path, data: Path, threads: int, calib_n: int) -> str:
     from cvtool.export.onnx_export import export_checkpoint
-    from cvtool.infer.session import open_model
     from cvtool.infer.compare import compare_predictions, throughput, verification_set
+    from cvtool.infer.session import open_model
     from cvtool.onnxtools.quantize import QuantSettings, calibration_files, quantize_model
 
     if not ckpt.is_file():

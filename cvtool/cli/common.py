@@ -29,7 +29,6 @@ __all__ = [
     "CommandError",
     "console",
     "err_console",
-    "fail",
     "open_onnx",
     "progress_bar",
     "report_models",
@@ -50,11 +49,6 @@ class CommandError(CvtoolError):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def fail(message: str, code: int = 2) -> CommandError:
-    """`raise fail("…")`: one line on stderr and exit `code`, through the handler in cli.app."""
-    return CommandError(message, code)
 
 
 def require_torch() -> None:
