@@ -9,7 +9,7 @@ import typer
 
 from cvtool.cli.common import console, err_console, progress_bar
 from cvtool.cli.options import OptionError, ThreadsOpt, VerboseOpt, card_options
-from cvtool.onnxtools.quantize import ActivationType, CalibMethod, QuantFormatName
+from cvtool.onnxtools.quant_settings import ActivationType, CalibMethod, QuantFormatName
 
 
 @card_options

@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import onnx
@@ -40,9 +40,15 @@ import onnx
 from cvtool.contract import ModelCard
 from cvtool.data import DataError, list_images
 from cvtool.decode import decode_batches
-from cvtool.errors import CvtoolError
 from cvtool.onnxtools.card_edit import card_for_model, read_card, write_card
 from cvtool.onnxtools.model_file import OnnxFileError, graph_io, load_onnx, save_onnx
+from cvtool.onnxtools.quant_settings import (
+    ActivationType,
+    CalibMethod,
+    QuantFormatName,
+    QuantizeError,
+    QuantSettings,
+)
 
 __all__ = [
     "ActivationType",
@@ -54,44 +60,6 @@ __all__ = [
     "calibration_files",
     "quantize_model",
 ]
-
-QuantFormatName = Literal["qdq", "qoperator"]
-ActivationType = Literal["uint8", "int8"]
-CalibMethod = Literal["minmax", "entropy", "percentile"]
-FORMATS: tuple[str, ...] = get_args(QuantFormatName)
-ACTIVATIONS: tuple[str, ...] = get_args(ActivationType)
-METHODS: tuple[str, ...] = get_args(CalibMethod)
-
-
-class QuantizeError(CvtoolError, RuntimeError):
-    """Quantization could not be done; the message says why."""
-
-
-@dataclass(frozen=True)
-class QuantSettings:
-    """How to quantize; the defaults are the measured choice (see the module docstring)."""
-
-    format: QuantFormatName = "qdq"
-    activations: ActivationType = "uint8"
-    reduce_range: bool = True
-    per_channel: bool = True
-    method: CalibMethod = "minmax"
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("format", FORMATS), ("activations", ACTIVATIONS), ("method", METHODS)):
-            if getattr(self, name) not in allowed:
-                raise QuantizeError(
-                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
-                )
-
-    def describe(self) -> str:
-        weights = "int8 " + ("per-channel" if self.per_channel else "per-tensor") + " weights"
-        return (
-            f"{self.format.upper() if self.format == 'qdq' else 'QOperator'}, {self.activations} "
-            f"activations, {weights}{' (reduced range)' if self.reduce_range else ''}, "
-            f"{self.method} calibration"
-        )
-
 
 @dataclass
 class QuantizeResult:
