@@ -107,3 +107,14 @@ def test_predictor_takes_images_of_different_sizes_in_an_object_array(model_and_
     ragged[:] = arrays
     p = cvtool.Predictor(model, device="cpu")
     np.testing.assert_array_equal(p.predict(ragged).probs, p.predict(arrays).probs)
+
+
+def test_evaluate_takes_a_model_path(tmp_path):
+    from conftest import CLASSES, make_flat_test
+
+    model = linear_onnx(tmp_path / "m.onnx", CLASSES, size=32)
+    data, labels = make_flat_test(tmp_path / "test", per_class=3)
+    r = cvtool.evaluate(model, data, tmp_path / "eval", labels_csv=labels)
+    assert r.n == 9 and 0.0 <= r.accuracy <= 1.0
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    assert sum(r.per_class[c].support for c in CLASSES) == 9

@@ -42,7 +42,7 @@ from cvtool.evaluation.outputs import fresh_dir, remove_stale, safe_filename, wr
 from cvtool.evaluation.plots import plot_confusion_matrix, plot_reliability
 from cvtool.evaluation.result import ClassScores, EvalResult, OcclusionSettings, Scores
 from cvtool.infer.pipeline import predict_files
-from cvtool.infer.session import OnnxModel
+from cvtool.infer.session import OnnxModel, open_model
 
 __all__ = ["OUTPUTS", "EvalResult", "TaskStarter", "evaluate"]
 
@@ -108,7 +108,7 @@ def _occlusion_picks(
 
 
 def evaluate(
-    model: OnnxModel,
+    model: OnnxModel | str | os.PathLike,
     data: str | os.PathLike,
     out_dir: str | os.PathLike,
     labels_csv: str | os.PathLike | None = None,
@@ -126,11 +126,14 @@ def evaluate(
     seed: int = 0,
     on_task: TaskStarter | None = None,
 ) -> EvalResult:
-    """Evaluate `model` on `data` and write the outputs listed in the module docstring.
+    """Evaluate `model` (an opened model, or an .onnx path opened with its own card on the best
+    device) on `data` and write the outputs listed in the module docstring.
 
     `failures`: how many of the worst misclassified images to copy and show; `occlusion`: how many
     worst failures and as many random correct images (seeded) get occlusion maps.
     """
+    if not isinstance(model, OnnxModel):
+        model = open_model(model)
     # Settings are checked before anything runs: a bad window must not cost a whole prediction.
     window, stride = resolve_window(model.card.input_size, window, stride)
     baseline = check_baseline(baseline)
