@@ -79,3 +79,12 @@ def image_folder(root: Path, names: Sequence[str], seed: int = 0, ext: str = ".p
 def read_csv(path: Path) -> list[list[str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.reader(f))
+
+
+def touch_files(root: Path, *names: str) -> Path:
+    """root/<name> for each name, 1-byte placeholders (listing never opens the files)."""
+    for n in names:
+        p = root / n
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    return root

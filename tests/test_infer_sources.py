@@ -5,20 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers_predict import touch_files
 
 from cvtool.infer.sources import SourceError, id_of, in_shard, list_items, parse_shard, shard_from_env
 
 
-def _touch(root: Path, *names: str) -> Path:
-    for n in names:
-        p = root / n
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(b"x")  # listing never opens the files
-    return root
-
-
 def test_numeric_ids_sort_numerically_and_skips_are_counted(tmp_path: Path):
-    _touch(tmp_path, "10.png", "2.jpg", "1.png", "100.png", ".DS_Store", "._3.png", "notes.txt")
+    touch_files(tmp_path, "10.png", "2.jpg", "1.png", "100.png", ".DS_Store", "._3.png", "notes.txt")
     (tmp_path / "sub").mkdir()
     items = list_items(tmp_path)
     assert items.ids == ["1", "2", "10", "100"]
@@ -28,7 +21,7 @@ def test_numeric_ids_sort_numerically_and_skips_are_counted(tmp_path: Path):
 
 
 def test_non_numeric_ids_sort_naturally(tmp_path: Path):
-    _touch(tmp_path, "img10.png", "img2.png", "Img1.png", "b.png")
+    touch_files(tmp_path, "img10.png", "img2.png", "Img1.png", "b.png")
     assert list_items(tmp_path).ids == ["b", "Img1", "img2", "img10"]
 
 
@@ -37,7 +30,7 @@ def test_non_numeric_ids_sort_naturally(tmp_path: Path):
     [("relpath", ["a/1.png", "a/2.png", "b/1.png", "top.png"]), ("name", None), ("stem", None)],
 )
 def test_nested_folders(tmp_path: Path, id_from, ids):
-    _touch(tmp_path, "a/1.png", "a/2.png", "b/1.png", "top.png", "b/.hidden/9.png")
+    touch_files(tmp_path, "a/1.png", "a/2.png", "b/1.png", "top.png", "b/.hidden/9.png")
     if ids is None:  # two files called 1.png: stem and name cannot tell them apart
         with pytest.raises(SourceError, match=r"duplicate id.*'1(.png)?'.*a/1.png, b/1.png.*--id-from"):
             list_items(tmp_path, recursive=True, id_from=id_from)
@@ -48,14 +41,14 @@ def test_nested_folders(tmp_path: Path, id_from, ids):
 
 
 def test_duplicate_stems_are_an_error_before_any_decoding(tmp_path: Path):
-    _touch(tmp_path, "1.png", "1.jpg", "2.png")
+    touch_files(tmp_path, "1.png", "1.jpg", "2.png")
     with pytest.raises(SourceError, match="1 duplicate id.*'1'.*use --id-from name or relpath"):
         list_items(tmp_path)
     assert list_items(tmp_path, id_from="name").ids == ["1.jpg", "1.png", "2.png"]
 
 
 def test_files_list(tmp_path: Path):
-    _touch(tmp_path, "a/3.png", "a/1.png", "b/2.png", "unlisted.png")
+    touch_files(tmp_path, "a/3.png", "a/1.png", "b/2.png", "unlisted.png")
     lst = tmp_path / "list.txt"
     lst.write_text(f"# test images\na/3.png\n\n{tmp_path}/b/2.png\na/1.png\nmissing.png\n")
     items = list_items(tmp_path, files=lst)
@@ -85,7 +78,7 @@ def test_id_of():
 
 def test_shards_partition_the_ids(tmp_path: Path):
     names = [f"{i}.png" for i in range(1, 201)]
-    _touch(tmp_path, *names)
+    touch_files(tmp_path, *names)
     full = list_items(tmp_path)
     parts = [list_items(tmp_path, shard=(i, 3)) for i in (1, 2, 3)]
     ids = [i for p in parts for i in p.ids]
@@ -107,7 +100,7 @@ def test_parse_shard():
 
 
 def test_an_empty_shard_of_a_non_empty_folder_is_not_an_error(tmp_path: Path):
-    _touch(tmp_path, "1.png", "2.png", "3.png")
+    touch_files(tmp_path, "1.png", "2.png", "3.png")
     shards = [list_items(tmp_path, shard=(i, 5)) for i in range(1, 6)]
     assert sorted(len(s) for s in shards) == [0, 0, 1, 1, 1]
     empty = next(s for s in shards if not len(s))

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers_predict import touch_files
 
 from cvtool.data import labeled_files, list_images, scan_image_folder, walk_images
 from cvtool.infer.sources import list_items
@@ -14,16 +15,8 @@ from cvtool.infer.sources import list_items
 LOOP = "link to a folder already listed"
 
 
-def _touch(root: Path, *names: str) -> Path:
-    for n in names:
-        p = root / n
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(b"x")  # listing never opens the files
-    return root
-
-
 def test_walk_yields_relative_posix_paths_lazily(tmp_path: Path):
-    _touch(tmp_path, "a/1.png", "b/c/2.jpg", "3.png")
+    touch_files(tmp_path, "a/1.png", "b/c/2.jpg", "3.png")
     skipped: dict[str, int] = {}
     it = walk_images(tmp_path, recursive=True, skipped=skipped)
     assert iter(it) is it  # a generator: nothing is listed up front
@@ -32,7 +25,7 @@ def test_walk_yields_relative_posix_paths_lazily(tmp_path: Path):
 
 
 def test_fifo_is_not_a_regular_file(tmp_path: Path):
-    _touch(tmp_path, "1.png")
+    touch_files(tmp_path, "1.png")
     os.mkfifo(tmp_path / "x.png")
     os.symlink("x.png", tmp_path / "via_link.png")  # a link to the FIFO blocks just the same
     skipped: dict[str, int] = {}
@@ -43,7 +36,7 @@ def test_fifo_is_not_a_regular_file(tmp_path: Path):
 
 
 def test_dangling_and_self_looping_links_are_kept_to_be_reported_unreadable(tmp_path: Path):
-    _touch(tmp_path, "1.png")
+    touch_files(tmp_path, "1.png")
     os.symlink("gone.png", tmp_path / "2.png")
     os.symlink("3.png", tmp_path / "3.png")  # ELOOP when followed
     for recursive in (False, True):
@@ -54,7 +47,7 @@ def test_dangling_and_self_looping_links_are_kept_to_be_reported_unreadable(tmp_
 
 
 def test_a_link_loop_is_skipped_and_counted(tmp_path: Path):
-    _touch(tmp_path, "1.png", "sub/2.png")
+    touch_files(tmp_path, "1.png", "sub/2.png")
     os.symlink(".", tmp_path / "loop")
     os.symlink("..", tmp_path / "sub" / "up")
     skipped: dict[str, int] = {}
@@ -65,8 +58,8 @@ def test_a_link_loop_is_skipped_and_counted(tmp_path: Path):
 
 
 def test_links_to_other_folders_are_followed_once_and_real_paths_win(tmp_path: Path):
-    outside = _touch(tmp_path / "outside", "9.png")
-    root = _touch(tmp_path / "root", "a/1.png")
+    outside = touch_files(tmp_path / "outside", "9.png")
+    root = touch_files(tmp_path / "root", "a/1.png")
     # Links that sort before the real folder they point to: the real path is kept all the same.
     os.symlink(root / "a", root / "0_to_a")
     os.symlink(outside, root / "ext1")
@@ -79,7 +72,7 @@ def test_links_to_other_folders_are_followed_once_and_real_paths_win(tmp_path: P
 
 
 def test_list_images_keeps_its_rules(tmp_path: Path):
-    _touch(tmp_path, "10.png", "2.png", ".hidden.png", "notes.txt", "sub/3.png")
+    touch_files(tmp_path, "10.png", "2.png", ".hidden.png", "notes.txt", "sub/3.png")
     (tmp_path / "dir.png").mkdir()
     os.mkfifo(tmp_path / "fifo.png")
     scan = list_images(tmp_path)
@@ -96,7 +89,7 @@ def test_list_images_keeps_its_rules(tmp_path: Path):
 
 
 def test_image_folder_scan_skips_loops_and_links_into_other_classes(tmp_path: Path):
-    _touch(tmp_path, "cat/1.png", "cat/deep/2.png", "dog/3.png")
+    touch_files(tmp_path, "cat/1.png", "cat/deep/2.png", "dog/3.png")
     os.symlink(".", tmp_path / "cat" / "loop")
     os.symlink("../../dog", tmp_path / "cat" / "deep" / "dogs")  # would label dogs as cats
     s = scan_image_folder(tmp_path)
@@ -107,13 +100,13 @@ def test_image_folder_scan_skips_loops_and_links_into_other_classes(tmp_path: Pa
 
 
 def test_labeled_files_image_folder_and_flat_csv(tmp_path: Path):
-    tree = _touch(tmp_path / "tree", "dog/1.png", "cat/2.png", "cat/10.png")
+    tree = touch_files(tmp_path / "tree", "dog/1.png", "cat/2.png", "cat/10.png")
     os.symlink(".", tree / "cat" / "loop")
     paths, ys, skipped = labeled_files(tree, ["cat", "dog"])
     assert [p.relative_to(tree).as_posix() for p in paths] == ["cat/2.png", "cat/10.png", "dog/1.png"]
     assert ys == [0, 0, 1] and skipped == {LOOP: 1}
 
-    flat = _touch(tmp_path / "flat", "1.png", "2.png", "3.png", "readme.txt")
+    flat = touch_files(tmp_path / "flat", "1.png", "2.png", "3.png", "readme.txt")
     labels = tmp_path / "labels.csv"
     labels.write_text("id,label\n1,dog\n2,cat\n4,cat\n")
     paths, ys, skipped = labeled_files(flat, ["cat", "dog"], labels)
@@ -128,7 +121,7 @@ def test_labeled_files_image_folder_and_flat_csv(tmp_path: Path):
 def test_labeled_files_errors(tmp_path: Path):
     from cvtool.data import DataError
 
-    flat = _touch(tmp_path / "flat", "1.png")
+    flat = touch_files(tmp_path / "flat", "1.png")
     labels = tmp_path / "labels.csv"
     labels.write_text("id,label\n1,zebra\n")
     with pytest.raises(DataError, match=r"labels\.csv: label\(s\) \['zebra'\] are not classes"):
