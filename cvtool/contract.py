@@ -67,10 +67,13 @@ class ModelCard:
     5. float32: x / (1 / scale), - mean, / std per channel (torchvision's ToTensor + Normalize,
        in that order) → (C, H, W).
 
-    Serialisation: `jpeg_draft` is left out of the JSON while it is True, so such cards stay
-    readable by cvtool versions from before the field; `from_dict` accepts it either way. A card
-    with `jpeg_draft` False is refused by those versions ("unknown fields"), as it should be,
-    since they would decode differently.
+    Output: `logits` are turned into probabilities by a softmax; with `calibration` (temperature
+    scaling, written by `cvtool calibrate`) the logits are divided by its `temperature` first.
+
+    Serialisation: `jpeg_draft` is left out of the JSON while it is True, and `calibration` while
+    it is None, so such cards stay readable by cvtool versions from before those fields;
+    `from_dict` accepts them either way. A card that sets either is refused by those versions
+    ("unknown fields"), as it should be, since they would decode or score differently.
     """
 
     class_names: tuple[str, ...]
@@ -84,6 +87,9 @@ class ModelCard:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     output: str = "logits"
     jpeg_draft: bool = True
+    # {"method": "temperature", "temperature": T, and how it was fitted: fitted_on, n, nll_before,
+    # nll_after, ece_before, ece_after}. Part of equality, not of the hash (a dict).
+    calibration: Mapping[str, Any] | None = field(default=None, hash=False)
     schema_version: int = SCHEMA_VERSION
     # Free-form provenance (architecture, training run); never used for preprocessing.
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -96,11 +102,18 @@ class ModelCard:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "extra", dict(self.extra))
+        if self.calibration is not None:
+            object.__setattr__(self, "calibration", dict(self.calibration))
         self.validate()
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def temperature(self) -> float:
+        """What the logits are divided by before the softmax: 1 without calibration."""
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
 
     def validate(self) -> None:
         """Raise CardError naming the first field that is wrong."""
@@ -135,6 +148,15 @@ class ModelCard:
             raise CardError(f"card output must be one of {OUTPUT_KINDS}, got {self.output!r}")
         if not isinstance(self.jpeg_draft, bool):
             raise CardError(f"card jpeg_draft must be true or false, got {self.jpeg_draft!r}")
+        if self.calibration is not None:
+            cal = self.calibration
+            if cal.get("method") != "temperature":
+                raise CardError(f"card calibration method must be 'temperature', got {cal.get('method')!r}")
+            temperature = cal.get("temperature")
+            if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+                raise CardError(f"card calibration temperature must be a positive number, got {temperature!r}")
+            if self.output != "logits":
+                raise CardError("card calibration needs output 'logits' (a temperature divides logits)")
 
     # --- serialisation -------------------------------------------------------------------------
 
@@ -144,9 +166,11 @@ class ModelCard:
         d["input_size"] = list(self.input_size)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        # Defaults are left out, so cvtool versions from before these fields read the card.
         if self.jpeg_draft:
-            # The default is left out, so cvtool versions from before the field read the card.
             del d["jpeg_draft"]
+        if self.calibration is None:
+            del d["calibration"]
         return d
 
     def to_json(self) -> str:
@@ -205,7 +229,11 @@ class ModelCard:
                 f"decode: {decode}",
                 f"resize: {resize}, {self.interpolation}",
                 f"values: x / {1 / self.scale:.6g}, - mean {list(self.mean)}, / std {list(self.std)}",
-                f"output: {self.output}",
+                f"output: {self.output}" + (
+                    f", calibrated: logits / {self.temperature:.4g} before the softmax"
+                    if self.calibration
+                    else ""
+                ),
             ]
         )
 
@@ -256,6 +284,7 @@ def resolve_card(
 
     `num_outputs`, `input_channels` and `input_hw` come from the model graph; they fill gaps for
     models without a card, and `check_card_fits_graph` refuses a result that disagrees with them.
+    An override `calibration=False` drops the file's calibration (`--no-calibration`).
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if file_card is not None:
@@ -274,6 +303,8 @@ def resolve_card(
         if input_hw and all(_fixed(v) is not None for v in input_hw):
             base["input_size"] = list(input_hw)
     merged = {**base, **overrides}
+    if merged.get("calibration") is False:  # --no-calibration: the file's temperature is not applied
+        merged["calibration"] = None
     # Defaults for mean/std are ImageNet's (3 channels); a 1-channel model without its own
     # statistics gets the single-channel equivalent rather than an inconsistent card.
     channels = int(merged.get("channels", 3))

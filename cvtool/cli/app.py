@@ -24,6 +24,8 @@ import typer
 
 from cvtool import __version__
 from cvtool.cli import (
+    bundle_cmd,
+    calibrate_cmd,
     card_cmd,
     data_cmd,
     evaluate_cmd,
@@ -33,6 +35,7 @@ from cvtool.cli import (
     merge_cmd,
     predict_cmd,
     quantize_cmd,
+    runs_cmd,
     summary_cmd,
     train_cmd,
 )
@@ -68,6 +71,10 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any], list[str]]] = [
         "cvtool predict test/ -m a.onnx -m b.onnx --tta flip --shard auto --shards 4 -o part.csv",
     ]),
     (app, "merge", merge_cmd.merge, ["cvtool merge parts/part*.csv -o submission.csv"]),
+    (app, "bundle", bundle_cmd.bundle, [
+        "cvtool bundle model.onnx -o kaggle-bundle --cpu",
+        "cvtool bundle a.onnx b.onnx -o kaggle-bundle --python 3.11 --platform manylinux_2_28_x86_64",
+    ]),
     (app, "evaluate", evaluate_cmd.evaluate, [
         "cvtool evaluate data/fashion-mnist/test --labels data/fashion-mnist/test_labels.csv "
         "-m model.onnx -o eval --failures 50 --occlusion 5",
@@ -80,11 +87,19 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any], list[str]]] = [
         "cvtool activations model.onnx --list-layers",
         "cvtool activations model.onnx img.png --layer features.2 -o acts/",
     ]),
+    (app, "calibrate", calibrate_cmd.calibrate, [
+        "cvtool calibrate model.onnx data/val -o model.calibrated.onnx",
+        "cvtool calibrate model.onnx --oof runs/cv/oof.csv -o model.calibrated.onnx",
+    ]),
     (app, "quantize", quantize_cmd.quantize, [
         "cvtool quantize model.onnx --calib data/fashion-mnist/train -o model.int8.onnx",
     ]),
     (app, "inspect", inspect_cmd.inspect, ["cvtool inspect model.onnx", "cvtool inspect model.onnx --json"]),
     (app, "summary", summary_cmd.summary, ["cvtool summary runs/fm/best.pt", "cvtool summary model.onnx"]),
+    (app, "runs", runs_cmd.runs, [
+        "cvtool runs runs/*",
+        "cvtool runs runs/ -o runs.md --plot curves.png --sort val_acc",
+    ]),
     (card_app, "set", card_cmd.card_set, [
         "cvtool card set resnet18.onnx --classes cat,dog --size 224 "
         "--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225",

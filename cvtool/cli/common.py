@@ -79,6 +79,11 @@ def report_models(models: list[OnnxModel], overrides: dict[str, Any], verbose: b
     for m in models:
         if not m.has_card and not overrides:
             err_console.print(f"warning: {m.path} carries no cvtool card; using defaults (see --verbose)")
+        if m.card.calibration:
+            console.print(
+                f"{m.path}: calibrated probabilities, logits / {m.card.temperature:.4g} "
+                "(cvtool calibrate; --no-calibration to turn off)"
+            )
         if verbose:
             source = "file card" if m.has_card else "defaults"
             console.print(f"{m.path} — card ({source}" + (" + CLI overrides" if overrides else "") + "):")

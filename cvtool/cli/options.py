@@ -6,7 +6,9 @@ types from the module that defines them, so Typer refuses bad values, lists them
 completes them in the shell.
 
 The card-override options (--classes, --size, …) come as one group: `@card_options` adds them to
-a command, which receives the resolved overrides as its `card` argument.
+a command, which receives the resolved overrides as its `card` argument. Likewise the label
+options (--labels, --id-col, --label-col, --label-pattern): `@label_options` passes a parsed
+`cvtool.data.LabelSource` as `labels`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from cvtool.contract import Interpolation, ResizeMode
+from cvtool.data import LabelSource
 from cvtool.errors import CvtoolError
 from cvtool.infer.session import Device
 
@@ -33,7 +36,9 @@ __all__ = [
     "VerboseOpt",
     "WorkersOpt",
     "card_options",
+    "label_options",
     "parse_card_overrides",
+    "parse_label_source",
 ]
 
 _CARD = "Model card (overrides the file's card)"
@@ -91,6 +96,14 @@ _CARD_OPTIONS: dict[str, Any] = {
             rich_help_panel=_CARD,
         ),
     ],
+    "no_calibration": Annotated[
+        bool | None,
+        typer.Option(
+            "--no-calibration",
+            help="Ignore the card's temperature (cvtool calibrate): plain softmax of the logits.",
+            rich_help_panel=_CARD,
+        ),
+    ],
 }
 
 
@@ -111,6 +124,7 @@ def parse_card_overrides(
     crop_pct: float | None = None,
     interpolation: str | None = None,
     jpeg_draft: bool | None = None,
+    no_calibration: bool | None = None,
 ) -> dict[str, Any]:
     """Card fields from the command line; only those given (CLI > the file's card > defaults)."""
     o: dict[str, Any] = {}
@@ -138,6 +152,7 @@ def parse_card_overrides(
         "crop_pct": crop_pct,
         "interpolation": interpolation,
         "jpeg_draft": jpeg_draft,
+        "calibration": False if no_calibration else None,  # False: drop the file's (resolve_card)
     }
     o.update({k: v for k, v in given.items() if v is not None})
     return o
@@ -148,21 +163,74 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def card_options(func: F) -> F:
     """Add the card-override options to a command; it receives them, parsed, as `card: dict`."""
+    return _with_group(func, "card", _CARD_OPTIONS, parse_card_overrides)
+
+
+_LABELS = "Labels (default: class folders, DATA/<class>/<image>)"
+# The label group: parameter name → annotation; the command receives them as one LabelSource.
+_LABEL_OPTIONS: dict[str, Any] = {
+    "labels": Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="CSV labelling the images in DATA (Kaggle's trainLabels.csv): id = file stem or name.",
+            rich_help_panel=_LABELS,
+        ),
+    ],
+    "id_col": Annotated[
+        str | None,
+        typer.Option(help="--labels: the id column (default: the first).", rich_help_panel=_LABELS),
+    ],
+    "label_col": Annotated[
+        str | None,
+        typer.Option(help="--labels: the label column (default: the second).", rich_help_panel=_LABELS),
+    ],
+    "label_pattern": Annotated[
+        str | None,
+        typer.Option(
+            help="Regex searched in each file name; its first group is the class, e.g. '^(cat|dog)\\.'.",
+            rich_help_panel=_LABELS,
+        ),
+    ],
+}
+
+
+def parse_label_source(
+    labels: Path | None = None,
+    id_col: str | None = None,
+    label_col: str | None = None,
+    label_pattern: str | None = None,
+) -> LabelSource:
+    """The label layout the options describe; contradictions are OptionErrors."""
+    if labels is not None and label_pattern is not None:
+        raise OptionError("--labels and --label-pattern are alternatives: give one")
+    if labels is None and (id_col is not None or label_col is not None):
+        raise OptionError("--id-col and --label-col name columns of a CSV: give --labels FILE.csv too")
+    return LabelSource(csv=labels, id_col=id_col, label_col=label_col, pattern=label_pattern)
+
+
+def _with_group(func: F, name: str, options: dict[str, Any], parse: Callable[..., Any]) -> F:
+    """`func` with the parameter `name` replaced by the options of a group, parsed into it."""
     sig = inspect.signature(func, eval_str=True)
-    own = [p for p in sig.parameters.values() if p.name != "card"]
+    own = [p for p in sig.parameters.values() if p.name != name]
     group = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
-        for name, annotation in _CARD_OPTIONS.items()
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        for n, annotation in options.items()
     ]
 
     @functools.wraps(func)
     def command(*args: Any, **kwargs: Any) -> Any:
-        values = {name: kwargs.pop(name) for name in _CARD_OPTIONS}
-        return func(*args, card=parse_card_overrides(**values), **kwargs)
+        values = {n: kwargs.pop(n) for n in options}
+        return func(*args, **{name: parse(**values)}, **kwargs)
 
-    # Typer reads the signature and the annotations: show it the group instead of `card`.
+    # Typer reads the signature and the annotations: show it the group instead of `name`.
     params = own + group
     command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     del command.__wrapped__  # or inspect would read func's signature
     return command  # type: ignore[return-value]
+
+
+def label_options(func: F) -> F:
+    """Add --labels, --id-col, --label-col, --label-pattern; the command gets `labels: LabelSource`."""
+    return _with_group(func, "labels", _LABEL_OPTIONS, parse_label_source)

@@ -204,7 +204,14 @@ class OnnxModel:
         return self.session.get_providers()[0]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """(N, C, H, W) float32 → (N, K) probabilities; pads to a fixed batch size if needed."""
+        """(N, C, H, W) float32 → (N, K) probabilities (a calibrated card's temperature applied)."""
+        out = self.outputs(batch)
+        if self.card.output != "logits":
+            return out
+        return softmax(out / np.float32(self.card.temperature) if self.card.calibration else out)
+
+    def outputs(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) float32 → (N, K) raw outputs (logits); pads to a fixed batch size if needed."""
         n = len(batch)
         size = self.fixed_batch or self.pad_to
         if size is not None and n != size:
@@ -224,8 +231,7 @@ class OnnxModel:
             out = self._run_bound(batch)
         else:
             (out,) = self.session.run([self.output_name], {self.input_name: batch})
-        out = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
-        return softmax(out) if self.card.output == "logits" else out
+        return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
 
     def _run_bound(self, batch: np.ndarray) -> np.ndarray:
         """One call through IO binding on `bind_device` (its API is the same for "cpu")."""
