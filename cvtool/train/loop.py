@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from cvtool.atomic import atomic_write_text
 from cvtool.contract import ModelCard
 from cvtool.data import scan_image_folder, stratified_split
+from cvtool.evaluation.runs import write_run_record
 from cvtool.train.augment import EvalTransform, TrainTransform, resolve_augment
 from cvtool.train.checkpoint import CheckpointError, deferred_interrupts, load_checkpoint, save_checkpoint
 from cvtool.train.config import TrainConfig, TrainError
@@ -122,7 +123,8 @@ def train(
 ) -> TrainResult:
     """Train per `cfg` (continuing the checkpoint `resume` when given); files go to cfg.out.
 
-    Writes best.pt (best `monitor`), last.pt, metrics.csv, curves.png, config.json, card.json.
+    Writes best.pt (best `monitor`), last.pt, metrics.csv, curves.png, config.json, card.json,
+    and run.json (the summary `cvtool runs` lists; see cvtool.evaluation.runs).
     Under torchrun only rank 0 logs and writes.
     """
     rt = setup(cfg.device)
@@ -312,6 +314,7 @@ def _train(
             rows.append(row)
             schedule.after_epoch(row[cfg.monitor])
             improved = tracker.update(epoch, row["val_loss"], row["val_acc"])
+            stop = cfg.patience is not None and tracker.wait >= cfg.patience
             if rt.main:
                 state = {
                     "arch": arch,
@@ -338,6 +341,11 @@ def _train(
                         save_checkpoint(out / "best.pt", state)
                     _write_metrics(out / "metrics.csv", rows)
                     plot_curves(rows, out / "curves.png", cfg.schedule)
+                    write_run_record(
+                        out, arch=arch, parameters=n_params, history=rows, monitor=cfg.monitor,
+                        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                        epochs_planned=cfg.epochs, finished=stop or epoch == cfg.epochs, stopped_early=stop,
+                    )  # fmt: skip
             log(
                 f"epoch {epoch}/{cfg.epochs}  lr {lr:.3g}  train loss {row['train_loss']:.4f} "
                 f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  "
@@ -345,7 +353,7 @@ def _train(
             )
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
-            if cfg.patience is not None and tracker.wait >= cfg.patience:
+            if stop:
                 log(
                     f"early stopping: {cfg.monitor} has not improved for {tracker.wait} epochs "
                     f"(best at epoch {tracker.best_epoch})"
