@@ -14,9 +14,9 @@ from sklearn.utils.class_weight import compute_class_weight
 from typer.testing import CliRunner
 
 from cvtool.cli import app
+from cvtool.evaluation.runs import lr_drops
 from cvtool.train.checkpoint import load_checkpoint, model_from_checkpoint
 from cvtool.train.config import TrainConfig, resolve_config
-from cvtool.train.curves import lr_drops
 from cvtool.train.datasets import balanced_class_weights
 from cvtool.train.loop import config_from_checkpoint, train
 from cvtool.train.models import create_model

@@ -33,7 +33,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert len(rows) == 1
     assert sorted(p.name for p in run.iterdir()) == [
-        "best.pt", "card.json", "config.json", "curves.png", "last.pt", "metrics.csv",
+        "best.pt", "card.json", "config.json", "curves.png", "last.pt", "metrics.csv", "run.json",
     ]  # fmt: skip
 
     # The recorded validation accuracy covers both ranks' shards: recompute it in one process.

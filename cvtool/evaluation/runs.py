@@ -18,7 +18,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ __all__ = [
     "find_eval",
     "find_runs",
     "is_run_folder",
+    "lr_drops",
     "read_run",
     "runs_table",
     "sort_runs",
@@ -76,15 +77,19 @@ class RunInfo:
     notes: list[str] = field(default_factory=list)
 
     def lr_drops(self) -> list[int]:
-        """Epochs that started with a lower LR than the one before (as curves.png marks them).
+        """Epochs that started with a lower LR than the one before (as curves.png marks them)."""
+        return lr_drops(self.history, self.config.get("schedule"))
 
-        Only for per-epoch schedules (plateau, step) or an unknown one: cosine and one-cycle
-        lower the LR every batch, and marking every epoch would say nothing.
-        """
-        if self.config.get("schedule", "plateau") not in ("plateau", "step"):
-            return []
-        h = self.history
-        return [int(b["epoch"]) for a, b in zip(h, h[1:], strict=False) if b["lr"] < a["lr"]]
+
+def lr_drops(rows: Sequence[Mapping[str, Any]], schedule: str | None) -> list[int]:
+    """Epochs that started with a lower LR than the epoch before, for metrics.csv-like rows.
+
+    Only for per-epoch schedules (plateau, step) or an unknown one (None): cosine and one-cycle
+    lower the LR every batch, and marking every epoch would say nothing.
+    """
+    if schedule not in ("plateau", "step", None):
+        return []
+    return [int(b["epoch"]) for a, b in zip(rows, rows[1:], strict=False) if float(b["lr"]) < float(a["lr"])]
 
 
 @dataclass

@@ -12,18 +12,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cvtool.atomic import atomic_write_bytes
+from cvtool.evaluation.runs import lr_drops
 
-__all__ = ["lr_drops", "plot_curves"]
-
-
-def lr_drops(rows: Sequence[dict[str, Any]], schedule: str) -> list[int]:
-    """Epochs that started with a lower LR than the epoch before (plateau and step schedules).
-
-    Cosine and one-cycle change the LR every batch; marking every epoch would say nothing.
-    """
-    if schedule not in ("plateau", "step"):
-        return []
-    return [b["epoch"] for a, b in zip(rows, rows[1:], strict=False) if float(b["lr"]) < float(a["lr"])]
+__all__ = ["plot_curves"]
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, schedule: str = "none") -> Path:
