@@ -61,6 +61,8 @@ class BundleFile:
 
 @dataclass
 class BundleResult:
+    """What `bundle` wrote: the target, cvtool's version and requirements, the files with digests."""
+
     out_dir: Path
     target: Target
     cpu: bool
@@ -71,7 +73,12 @@ class BundleResult:
 
     @property
     def ort_package(self) -> str:
-        return ORT_CPU if self.cpu else ORT_GPU
+        """The ONNX Runtime package bundled: onnxruntime-gpu, or onnxruntime (--cpu, or by the target)."""
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+
+        names = {canonicalize_name(Requirement(r).name) for r in self.requirements}
+        return ORT_GPU if ORT_GPU in names else ORT_CPU
 
     @property
     def wheels_bytes(self) -> int:
@@ -192,7 +199,7 @@ def bundle(
     try:
         wheels_dir = tmp / "wheels"
         wheels_dir.mkdir()
-        say("building the cvtool wheel …")
+        say("preparing the cvtool wheel …")
         built = cvtool_wheel(tmp / "build")
         wheel = cpu_wheel(built, wheels_dir) if cpu else Path(shutil.move(built, wheels_dir / built.name))
         version, requires = wheel_metadata(wheel)

@@ -42,6 +42,15 @@ def render_readme(
         for name, c in models
     )
 
+    gpu_note = (
+        []
+        if extra
+        else [
+            "",
+            "onnxruntime-gpu runs on the GPU when CUDA 12 and cuDNN 9 load (the PyTorch of Kaggle's image "
+            "brings them), else on the CPU; `--device cuda` says why it cannot.",
+        ]
+    )
     lines = [
         "# cvtool offline bundle",
         "",
@@ -58,6 +67,7 @@ def render_readme(
         "",
         "Only one ONNX Runtime package may be installed: if the notebook already has the other one "
         f"(`!pip list | grep onnxruntime`), remove it first (`!pip uninstall -y {_other(ort_package)}`).",
+        *gpu_note,
         "",
         "## Predict",
         "",

@@ -307,7 +307,9 @@ def cpu_wheel(wheel: Path, dest: Path) -> Path:
     lines change (the description is left alone), the .dist-info folder is renamed to match, and
     RECORD is written anew.
     """
-    version, _ = wheel_metadata(wheel)
+    version, requires = wheel_metadata(wheel)
+    if all(_swap_ort(r) == r for r in requires):  # already so (a cvtool installed from a --cpu bundle)
+        return Path(shutil.copy2(wheel, dest / wheel.name))
     new_version = version + ("." if "+" in version else "+") + "cpu"
     name, _, tags = wheel.name[: -len(".whl")].split("-", 2)
     old_info, new_info = f"{name}-{version}.dist-info/", f"{name}-{new_version}.dist-info/"
