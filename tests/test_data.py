@@ -14,6 +14,7 @@ from cvtool.data import (
     read_labels_csv,
     scan_image_folder,
     stratified_split,
+    stratified_split3,
 )
 
 
@@ -144,11 +145,35 @@ def test_read_labels_csv(tmp_path: Path):
     assert read_labels_csv(path) == {"1": "cat", "2": "dog", "10": "cat"}
 
 
-def test_read_labels_csv_duplicate_id_names_line(tmp_path: Path):
+def test_read_labels_csv_counts_duplicates_and_keeps_the_first(tmp_path: Path):
     path = tmp_path / "labels.csv"
-    path.write_text("id,label\n1,cat\n2,dog\n1,bird\n")
-    with pytest.raises(DataError, match=r"labels\.csv:4: duplicate id '1'"):
-        read_labels_csv(path)
+    path.write_text("id,label\n1,cat\n2,dog\n1,bird\n2,dog\n2,dog\n3,\n,cat\n")
+    table = read_labels_csv(path)
+    assert table == {"1": "cat", "2": "dog"}
+    assert table.skipped == {
+        "duplicate ids with another label (first row kept)": 1,
+        "duplicate ids, same label": 2,
+        "ids with an empty label": 1,
+        "rows without an id": 1,
+    }
+    assert table.examples["duplicate ids, same label"] == ["2", "2"]
+    assert table.examples["rows without an id"] == ["line 8"]
+
+
+def test_read_labels_csv_named_columns(tmp_path: Path):
+    path = tmp_path / "meta.csv"
+    path.write_text("lesion,image_id,dx\nL1,img1,nv\nL2,img2,mel\n")
+    table = read_labels_csv(path, id_col="image_id", label_col="dx")
+    assert dict(table) == {"img1": "nv", "img2": "mel"}
+    assert (table.id_col, table.label_col) == ("image_id", "dx")
+    # Only the id column named: the label is the first other column (of the first two).
+    assert dict(read_labels_csv(path, id_col="image_id")) == {"img1": "L1", "img2": "L2"}
+    with pytest.raises(
+        DataError, match=r"meta\.csv: no column 'label' \(--label-col\); the header is: lesion,image_id,dx"
+    ):
+        read_labels_csv(path, label_col="label")
+    with pytest.raises(DataError, match="both be column 'dx'"):
+        read_labels_csv(path, id_col="dx", label_col="dx")
 
 
 def test_read_labels_csv_bad_files(tmp_path: Path):
@@ -205,3 +230,30 @@ def test_stratified_split_rejects_bad_fraction():
 
 def test_natural_key_superscript_digits_do_not_crash():
     assert sorted(["2²", "10", "2"], key=natural_key) == ["2", "2²", "10"]
+
+
+def test_stratified_split3_is_stratified_split_when_test_is_zero():
+    labels = [i % 4 for i in range(97)] + [4, 4]
+    for seed in range(3):
+        train, val, test = stratified_split3(labels, 0.2, 0.0, seed)
+        assert (train, val) == stratified_split(labels, 0.2, seed) and test == []
+
+
+@pytest.mark.parametrize("val,test", [(0.15, 0.15), (0.1, 0.3), (0.0, 0.25), (0.3, 0.0)])
+def test_stratified_split3_counts_per_class(val, test):
+    sizes = {0: 100, 1: 37, 2: 8, 3: 2}
+    labels = [c for c, n in sizes.items() for _ in range(n)]
+    parts = stratified_split3(labels, val, test, seed=5)
+    assert sorted(sum(parts, [])) == list(range(len(labels)))  # disjoint and covering
+    for c, n in sizes.items():
+        got = [sum(labels[i] == c for i in part) for part in parts]
+        for k, fraction in ((1, val), (2, test)):
+            assert abs(got[k] - round(n * fraction)) <= 1
+            assert (got[k] == 0) == (fraction == 0 or (k == 2 and n == 2 and val > 0))
+        assert got[0] >= 1
+
+
+def test_stratified_split3_rejects_bad_fractions():
+    for val, test in ((0.5, 0.5), (-0.1, 0.2), (0.2, 1.0)):
+        with pytest.raises(ValueError):
+            stratified_split3([0, 1], val, test)

@@ -185,3 +185,27 @@ def test_shards_must_agree_with_an_explicit_shard():
     assert parse_shard("2/4", 4) == (2, 4)
     with pytest.raises(SourceError, match=r"--shard 2/4 but --shards 3"):
         parse_shard("2/4", 3)
+
+
+def test_files_csv_names_files_by_stem_or_name(tmp_path: Path):
+    # A labels CSV (or a sample submission) as the list: its first column names the files.
+    touch_files(tmp_path, "1.png", "2.jpg", "10.png", "cat.3.png", "unlisted.png", ".hidden.png")
+    lst = tmp_path / "answers.csv"
+    lst.write_text("id,label\n10,dog\n2.jpg,cat\ncat.3,cat\n1,dog\n1,dog\n77,cat\n")
+    items = list_items(tmp_path, files=lst)
+    # Listed ids only, sorted by id; one without a file is kept, to fail (and be listed) when decoded.
+    assert items.ids == ["1", "2", "10", "77", "cat.3"]
+    assert items.relpaths == ["1.png", "2.jpg", "10.png", "77", "cat.3.png"]
+    assert items.skipped == {"duplicate id in answers.csv": 1}
+    # Sub-folders only with --recursive, as when listing the folder itself.
+    touch_files(tmp_path, "sub/77.png")
+    assert list_items(tmp_path, files=lst).relpaths[3] == "77"
+    assert list_items(tmp_path, files=lst, recursive=True).relpaths[3] == "sub/77.png"
+    # The suffix decides: the same lines in a .txt are paths.
+    txt = tmp_path / "answers.txt"
+    txt.write_text("1.png\n10.png\n")
+    assert list_items(tmp_path, files=txt).ids == ["1", "10"]
+    bad = tmp_path / "empty.csv"
+    bad.write_text("id,label\n")
+    with pytest.raises(SourceError, match=r"empty\.csv: expected a header and one row per file"):
+        list_items(tmp_path, files=bad)

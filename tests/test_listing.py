@@ -102,20 +102,21 @@ def test_image_folder_scan_skips_loops_and_links_into_other_classes(tmp_path: Pa
 def test_labeled_files_image_folder_and_flat_csv(tmp_path: Path):
     tree = touch_files(tmp_path / "tree", "dog/1.png", "cat/2.png", "cat/10.png")
     os.symlink(".", tree / "cat" / "loop")
-    paths, ys, skipped = labeled_files(tree, ["cat", "dog"])
-    assert [p.relative_to(tree).as_posix() for p in paths] == ["cat/2.png", "cat/10.png", "dog/1.png"]
-    assert ys == [0, 0, 1] and skipped == {LOOP: 1}
+    s = labeled_files(tree, ["cat", "dog"])
+    assert [p.relative_to(tree).as_posix() for p in s.paths] == ["cat/2.png", "cat/10.png", "dog/1.png"]
+    assert s.labels == [0, 0, 1] and s.skipped == {LOOP: 1} and s.origin == {"layout": "folders"}
 
     flat = touch_files(tmp_path / "flat", "1.png", "2.png", "3.png", "readme.txt")
     labels = tmp_path / "labels.csv"
     labels.write_text("id,label\n1,dog\n2,cat\n4,cat\n")
-    paths, ys, skipped = labeled_files(flat, ["cat", "dog"], labels)
-    assert [p.name for p in paths] == ["1.png", "2.png"] and ys == [1, 0]
-    assert skipped == {
+    s = labeled_files(flat, ["cat", "dog"], labels)
+    assert [p.name for p in s.paths] == ["1.png", "2.png"] and s.labels == [1, 0]
+    assert s.skipped == {
         "not an image extension": 1,
-        "no label in CSV": 1,
-        "label without an image file": 1,
+        "image files without a label": 1,
+        "ids without an image file": 1,
     }
+    assert s.examples == {"image files without a label": ["3.png"], "ids without an image file": ["4"]}
 
 
 def test_labeled_files_errors(tmp_path: Path):
@@ -127,5 +128,6 @@ def test_labeled_files_errors(tmp_path: Path):
     with pytest.raises(DataError, match=r"labels\.csv: label\(s\) \['zebra'\] are not classes"):
         labeled_files(flat, ["cat", "dog"], labels)
     labels.write_text("id,label\n7,cat\n")
-    with pytest.raises(DataError, match="no image file's stem matches an id"):
+    with pytest.raises(DataError, match="no image file matches an id of") as e:
         labeled_files(flat, ["cat", "dog"], labels)
+    assert "by stem or name (ids such as 7; files such as 1.png)" in str(e.value)

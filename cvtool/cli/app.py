@@ -58,6 +58,10 @@ app.add_typer(data_app, name="data")
 # (group, name, function, example lines for --help), in the order --help lists them.
 COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any], list[str]]] = [
     (data_app, "fashion-mnist", data_cmd.fashion_mnist, ["cvtool data fashion-mnist data/fashion-mnist"]),
+    (data_app, "split", data_cmd.split, [
+        "cvtool data split cifar10/train data/cifar10-split --labels cifar10/trainLabels.csv --test 0",
+        "cvtool data split dogs-vs-cats/train data/dvc --label-pattern '^(cat|dog)\\.' --per-class 2000",
+    ]),
     (app, "train", train_cmd.train, [
         "cvtool train data/fashion-mnist/train --recipe fashion-mnist --out runs/fm",
         "cvtool train --resume runs/fm",

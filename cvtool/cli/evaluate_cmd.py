@@ -10,16 +10,29 @@ from rich.table import Table
 
 from cvtool.cli.common import console, err_console, open_onnx, progress_bar
 from cvtool.cli.explain_options import BaselineOpt, StrideOpt, WindowOpt
-from cvtool.cli.options import BatchOpt, DeviceOpt, LabelsOpt, ModelOpt, VerboseOpt, WorkersOpt, card_options
+from cvtool.cli.options import (
+    BatchOpt,
+    DeviceOpt,
+    ModelOpt,
+    VerboseOpt,
+    WorkersOpt,
+    card_options,
+    label_options,
+)
+from cvtool.data import LabelSource, labeled_files
 
 
 @card_options
+@label_options
 def evaluate(
-    data: Annotated[Path, typer.Argument(help="ImageFolder tree, or a flat folder with --labels.")],
+    data: Annotated[
+        Path,
+        typer.Argument(help="DATA/<class>/<image>, or images labeled by --labels or --label-pattern."),
+    ],
     model: ModelOpt,
     card: dict[str, Any],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the results.")] = Path("runs/eval"),
-    labels: LabelsOpt = None,
+    labels: LabelSource = LabelSource(),
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = None,
@@ -45,6 +58,7 @@ def evaluate(
     from cvtool.evaluation.run import evaluate as run_evaluate
 
     m = open_onnx(model, device, card, verbose)
+    samples = labeled_files(data, m.card.class_names, labels)
     with progress_bar() as progress:
         task = progress.add_task("evaluate", total=None)
 
@@ -53,7 +67,7 @@ def evaluate(
             return lambda n: progress.advance(t, n)
 
         r = run_evaluate(
-            m, data, out, labels, batch_size, workers,
+            m, samples, out, None, batch_size, workers,
             on_start=lambda n: progress.update(task, total=n),
             on_progress=lambda n: progress.advance(task, n),
             failures=failures, occlusion=occlusion, window=window, stride=stride,
@@ -80,8 +94,9 @@ def evaluate(
         ", ".join(f"{t} → {p} ({n})" for t, p, n in r.most_confused[:3]) or "none"
     ))  # fmt: skip
     console.print(f"results in {out}/: {', '.join(r.files)}")
-    for reason, n in sorted(r.skipped_files.items()):
-        console.print(f"skipped {n} file(s): {reason}")
+    console.print(f"labels: {samples.describe()}")
+    for line in samples.notes():  # passed over: counted, the first few named
+        console.print(f"  {line}")
     if r.unreadable:
         err_console.print(
             f"{len(r.unreadable)} image(s) could not be read and are excluded from the metrics; "

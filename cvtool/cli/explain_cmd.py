@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,10 +11,20 @@ from rich.table import Table
 
 from cvtool.cli.common import console, err_console, open_onnx, progress_bar
 from cvtool.cli.explain_options import BaselineOpt, StrideOpt, WindowOpt
-from cvtool.cli.options import BatchOpt, DeviceOpt, ModelOpt, OptionError, VerboseOpt, card_options
+from cvtool.cli.options import (
+    BatchOpt,
+    DeviceOpt,
+    ModelOpt,
+    OptionError,
+    VerboseOpt,
+    card_options,
+    label_options,
+)
+from cvtool.data import LabelSource, true_labels
 
 
 @card_options
+@label_options
 def occlusion(
     images: Annotated[list[Path], typer.Argument(help="Image files (a folder: the images in it).")],
     model: ModelOpt,
@@ -24,13 +35,11 @@ def occlusion(
     target: Annotated[
         str,
         typer.Option(
-            help="Class whose probability is mapped: pred, true (from --labels or the parent "
-            "folder's name) or a class name."
+            help="Class whose probability is mapped: pred, true (from --labels, --label-pattern or "
+            "the parent folder's name) or a class name."
         ),
     ] = "pred",
-    labels: Annotated[
-        Path | None, typer.Option(help="id,label CSV giving the true classes (--target true).")
-    ] = None,
+    labels: LabelSource = LabelSource(),
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the maps.")] = Path("occlusion"),
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
@@ -46,7 +55,13 @@ def occlusion(
 
     m = open_onnx(model, device, card, verbose)
     window, stride = resolve_window(m.card.input_size, window, stride)
-    requests = occlusion_requests(images, m.card.class_names, target, labels)
+    if target == "true" and labels.layout != "folders":
+        # True classes from the CSV or the file names, the way training and evaluate read them.
+        requests = occlusion_requests(images, m.card.class_names, "pred")
+        truth = true_labels([q.path for q in requests], labels, m.card.class_names)
+        requests = [replace(q, targets=(k,), true=k) for q, k in zip(requests, truth, strict=True)]
+    else:
+        requests = occlusion_requests(images, m.card.class_names, target)
 
     def show(occ: OcclusionMap) -> None:
         c = occ.classes[0]

@@ -166,14 +166,14 @@ def card_options(func: F) -> F:
     return _with_group(func, "card", _CARD_OPTIONS, parse_card_overrides)
 
 
-_LABELS = "Labels (default: class folders, DATA/<class>/<image>)"
+_LABELS = "Labels (default: class folders, <folder>/<class>/<image>)"
 # The label group: parameter name → annotation; the command receives them as one LabelSource.
 _LABEL_OPTIONS: dict[str, Any] = {
     "labels": Annotated[
         Path | None,
         typer.Option(
             "--labels",
-            help="CSV labelling the images in DATA (Kaggle's trainLabels.csv): id = file stem or name.",
+            help="CSV labelling the images (Kaggle's trainLabels.csv): id = file stem or name.",
             rich_help_panel=_LABELS,
         ),
     ],

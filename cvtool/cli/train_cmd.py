@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 
 from cvtool.cli.common import CommandError, console, err_console, require_torch
-from cvtool.cli.options import OptionError
+from cvtool.cli.options import OptionError, label_options
+from cvtool.data import LabelSource
 from cvtool.errors import Interrupted
 from cvtool.train.config import (
     AmpMode,
@@ -41,13 +42,16 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+@label_options
 def train(
     data: Annotated[
         Path | None,
         typer.Argument(
-            help="ImageFolder tree: DATA/<class>/<image> (with --resume: replaces the recorded path)."
+            help="Images: DATA/<class>/<image>, or labeled by --labels CSV or --label-pattern "
+            "(with --resume: replaces the recorded path)."
         ),
     ] = None,
+    labels: LabelSource = LabelSource(),
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help=f"Run folder to write (default: {DEFAULT_OUT}).")
     ] = None,
@@ -127,7 +131,8 @@ def train(
         float | None, typer.Option(help="Stratified validation fraction (default: 0.1).")
     ] = None,
     val_dir: Annotated[
-        Path | None, typer.Option(help="Validation ImageFolder tree instead of --val-split.")
+        Path | None,
+        typer.Option(help="Validation images instead of --val-split, labeled like DATA."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
     size: Annotated[
@@ -186,7 +191,10 @@ def train(
     ] = None,
     list_archs: Annotated[bool, typer.Option("--list-archs", help="List architectures and exit.")] = False,
 ) -> None:
-    """Train a classifier on an ImageFolder tree; writes best.pt, last.pt, metrics.csv, curves.png.
+    """Train a classifier on labeled images; writes best.pt, last.pt, metrics.csv, curves.png.
+
+    Labels come from class folders (DATA/<class>/<image>), a CSV (--labels trainLabels.csv) or the
+    file names (--label-pattern '^(cat|dog)\\.'), without moving a file.
 
     Runs unchanged under `torchrun --nproc_per_node N` (DistributedDataParallel; rank 0 writes).
     """
@@ -216,12 +224,19 @@ def train(
         init_from=None if init_from is None else str(init_from), freeze=freeze, unfreeze_at=unfreeze_at,
         backbone_lr=backbone_lr, device=device, amp=amp, channels_last=channels_last,
     )  # fmt: skip
+    given_labels = labels if labels != LabelSource() else None
     if resume is not None:
-        cfg, state = config_from_checkpoint(resume, data)
+        # Label options given on resume replace the recorded ones, as DATA does (same classes).
+        cfg, state = config_from_checkpoint(resume, data, given_labels)
         if data is None and not Path(cfg.data).is_dir():
             raise OptionError(
                 f"{cfg.data}, the run's data folder, is not there; give where it is now: "
                 f"cvtool train DATA --resume {resume}"
+            )
+        if given_labels is None and cfg.labels_csv is not None and not Path(cfg.labels_csv).is_file():
+            raise OptionError(
+                f"{cfg.labels_csv}, the run's labels CSV, is not there; give where it is now: "
+                f"cvtool train --resume {resume} --labels FILE.csv"
             )
         given = {"out": out, "recipe": recipe, **settings}
         ignored = [_flag(k) for k, v in given.items() if v is not None]
@@ -238,6 +253,12 @@ def train(
             if src_arch != arch:
                 raise OptionError(f"--init-from {init_from} is a {src_arch}; --arch {arch} contradicts it")
         given = {"data": str(data), "out": str(out or DEFAULT_OUT), **settings}
+        given.update(
+            labels_csv=None if labels.csv is None else str(labels.csv),
+            id_col=labels.id_col,
+            label_col=labels.label_col,
+            label_pattern=labels.pattern,
+        )
         cfg, state = resolve_config(given, recipe), None
     try:
         result = run_training(cfg, log=console.print, resume=state)

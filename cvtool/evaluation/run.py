@@ -1,8 +1,9 @@
 """`evaluate()`: run a model over a labeled folder and write metrics, figures and the report.
 
-DATA is an ImageFolder tree (class folders matched to the card's class names) or a flat folder with
-an `id,label` CSV (id = file stem). Files that fail to decode are counted, listed and excluded from
-the metrics; nothing is dropped silently.
+DATA is an ImageFolder tree (class folders matched to the card's class names), a folder with an
+id,label CSV (id = file stem or name) or one whose file names give the label
+(`cvtool.data.LabelSource`). Files that fail to decode are counted, listed and excluded from the
+metrics; nothing is dropped silently.
 
 Outputs in `out_dir`: metrics.json, per_image.csv, confusion_matrix.csv/.png,
 confusion_matrix_normalized.png, most_confused.csv, reliability.png, failed_images.csv (when some
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from cvtool.atomic import atomic_write_text
-from cvtool.data import labeled_files
+from cvtool.data import LabeledSamples, LabelSource, labeled_files
 from cvtool.evaluation.failures import Failure, rank_failures, write_failures
 from cvtool.evaluation.metrics import (
     classification_metrics,
@@ -109,9 +110,9 @@ def _occlusion_picks(
 
 def evaluate(
     model: OnnxModel | str | os.PathLike,
-    data: str | os.PathLike,
+    data: str | os.PathLike | LabeledSamples,
     out_dir: str | os.PathLike,
-    labels_csv: str | os.PathLike | None = None,
+    labels_csv: str | os.PathLike | LabelSource | None = None,
     batch_size: int = 64,
     workers: int | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -129,6 +130,9 @@ def evaluate(
     """Evaluate `model` (an opened model, or an .onnx path opened with its own card on the best
     device) on `data` and write the outputs listed in the module docstring.
 
+    `data` is a folder whose labels `labels_csv` describes (an id,label CSV, a LabelSource, or
+    None: class folders), or the LabeledSamples `labeled_files` made of it for the card's classes.
+
     `failures`: how many of the worst misclassified images to copy and show; `occlusion`: how many
     worst failures and as many random correct images (seeded) get occlusion maps.
     """
@@ -139,7 +143,11 @@ def evaluate(
     baseline = check_baseline(baseline)
     out = Path(out_dir)
     names = list(model.card.class_names)
-    paths, ys, skipped = labeled_files(data, names, labels_csv)
+    # An already listed LabeledSamples (the command line shows what did not match) or a folder.
+    samples = data if isinstance(data, LabeledSamples) else labeled_files(data, names, labels_csv)
+    if samples.classes != names:
+        raise ValueError("the labels of `data` must index the model's class names")
+    paths, ys, skipped = samples.paths, samples.labels, dict(samples.skipped)
     out.mkdir(parents=True, exist_ok=True)
     if on_start:
         on_start(len(paths))
@@ -165,7 +173,7 @@ def evaluate(
         expected_calibration_error=pm.get("expected_calibration_error"),
         ece_bins=pm.get("ece_bins"),
         model=str(model.path),
-        data=str(data),
+        data=str(samples.root if isinstance(data, LabeledSamples) else data),
         provider=preds.provider,
         images_per_s=preds.images_per_second,
         reliability=reliability_bins(y_true, probs),

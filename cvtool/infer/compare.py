@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cvtool.contract import ModelCard
-from cvtool.data import DataError, labeled_files, list_images
+from cvtool.data import DataError, LabelSource, labeled_files, list_images
 from cvtool.decode import decode_batches
 from cvtool.infer.session import OnnxModel, open_model
 
@@ -89,23 +89,26 @@ class Speed:
 
 
 def verification_set(
-    data: str | os.PathLike, class_names: Sequence[str], labels_csv: str | os.PathLike | None = None
+    data: str | os.PathLike,
+    class_names: Sequence[str],
+    labels_csv: str | os.PathLike | LabelSource | None = None,
 ) -> VerifySet:
     """Images to compare on, with labels when there are any.
 
     DATA is labeled when it is an ImageFolder tree (`DATA/<class>/<image>`, folders named after
-    the model's classes) or when `labels_csv` (id,label) is given; a flat folder is unlabeled.
+    the model's classes) or when `labels_csv` (an id,label CSV, or a LabelSource) is given; a flat
+    folder is unlabeled.
     Raises DataError naming the folder when it holds no images.
     """
     data = Path(data)
     if not data.is_dir():
         raise DataError(f"{data}: not a directory")
     has_folders = any(p.is_dir() and not p.name.startswith(".") for p in data.iterdir())
+    if isinstance(labels_csv, LabelSource) and labels_csv.layout == "folders":
+        labels_csv = None
     if labels_csv is not None or has_folders:
-        paths, labels, _ = labeled_files(data, list(class_names), labels_csv)
-        if not paths:
-            raise DataError(f"{data}: no labeled images found")
-        return paths, labels
+        s = labeled_files(data, list(class_names), labels_csv)
+        return s.paths, s.labels
     files = list_images(data).files
     if not files:
         raise DataError(f"{data}: no image files found")

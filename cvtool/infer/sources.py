@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal, get_args
 
-from cvtool.data import DataError, natural_key, walk_images
+from cvtool.data import DataError, file_keys, natural_key, read_csv_ids, walk_images
 from cvtool.errors import CvtoolError
 
 __all__ = [
@@ -203,6 +203,29 @@ def _read_list(root: Path, files: Path) -> Iterator[str]:
             yield PurePosixPath(entry).as_posix() if "//" in entry or "./" in entry else entry
 
 
+def _read_csv_list(root: Path, files: Path, recursive: bool, items: Items) -> Iterator[str]:
+    """Files named by the ids (first column) of a CSV: a labels CSV, a sample submission.
+
+    An id names an image file in the folder (below it with `recursive`) by its stem or name, as in
+    training and evaluation; an id without a file is kept as it is, to fail (and be listed) when
+    decoded. Repeated ids are counted into `items.skipped`.
+    """
+    try:
+        ids, duplicates = read_csv_ids(files)
+    except DataError as e:
+        raise SourceError(str(e)) from None
+    if duplicates:
+        items.skip(f"duplicate id in {files.name}", duplicates)
+    wanted, matched = set(ids), set()
+    # What the walk passes over (hidden files, …) was not asked for: not counted.
+    for rel in walk_images(root, recursive, {}):
+        key = next((k for k in file_keys(rel) if k in wanted), None)
+        if key is not None:
+            matched.add(key)
+            yield rel
+    yield from (i for i in ids if i not in matched)
+
+
 def list_items(
     root: str | os.PathLike,
     *,
@@ -213,6 +236,8 @@ def list_items(
 ) -> Items:
     """List the files to predict, name them, sort them by id, keep this shard's.
 
+    `files` limits them to a list: one path per line, or a CSV (by its .csv suffix) whose first
+    column holds ids naming files by stem or name.
     Raises SourceError when the folder cannot be read, nothing is found, or two files would get the
     same id (the message names them and suggests an --id-from that tells them apart).
     """
@@ -222,7 +247,9 @@ def list_items(
     items = Items(root=root, relpaths=[], ids=[])
     if id_from not in ID_FROM:
         raise SourceError(f"--id-from must be one of {', '.join(ID_FROM)}, got {id_from!r}")
-    if files is not None:
+    if files is not None and Path(files).suffix.lower() == ".csv":
+        source = _read_csv_list(root, Path(files), recursive, items)
+    elif files is not None:
         source = _read_list(root, Path(files))
     else:
         source = walk_images(root, recursive, items.skipped)

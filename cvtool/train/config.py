@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, get_args
 
+from cvtool.data import DataError, LabelSource
 from cvtool.errors import CvtoolError
 
 __all__ = [
@@ -90,7 +92,12 @@ class TrainConfig:
     random_gray: float | None = None  # probability of converting an RGB image to gray
     # data
     val_split: float = 0.1
-    val_dir: str | None = None
+    val_dir: str | None = None  # labeled like `data` (the same label options)
+    # labels (cvtool.data.LabelSource): class folders unless a CSV or a file-name pattern is given
+    labels_csv: str | None = None  # id,label CSV; ids name files by stem or name
+    id_col: str | None = None  # CSV columns by name (default: the first two)
+    label_col: str | None = None
+    label_pattern: str | None = None  # regex on the file name; its first group is the class
     seed: int = 0
     size: int | None = None  # square input side; None: from the data (small uniform images) or 224
     channels: int | None = None  # None: 1 when every sampled image is grayscale, else 3
@@ -108,6 +115,15 @@ class TrainConfig:
     amp: AmpMode = "off"  # off | bf16 | fp16 (CUDA only); bf16 on the CPU pays off with AVX-512 BF16 / AMX
     channels_last: bool | None = None  # None: on CUDA yes, on the CPU no
     recipe: RecipeName | None = None
+
+    def label_source(self) -> LabelSource:
+        """Where the labels of `data` (and `val_dir`) come from."""
+        return LabelSource(
+            csv=None if self.labels_csv is None else Path(self.labels_csv),
+            id_col=self.id_col,
+            label_col=self.label_col,
+            pattern=self.label_pattern,
+        )
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -194,3 +210,7 @@ def validate(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise TrainError(message)
+    try:
+        cfg.label_source()
+    except DataError as e:
+        raise TrainError(str(e)) from None

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from cvtool.atomic import atomic_write_text
 from cvtool.contract import ModelCard
-from cvtool.data import scan_image_folder, stratified_split
+from cvtool.data import LabelSource, labeled_files, stratified_split
 from cvtool.evaluation.runs import write_run_record
 from cvtool.train.augment import EvalTransform, TrainTransform, resolve_augment
 from cvtool.train.checkpoint import CheckpointError, deferred_interrupts, load_checkpoint, save_checkpoint
@@ -70,12 +70,13 @@ class TrainResult:
 
 
 def config_from_checkpoint(
-    path: str | os.PathLike, data: str | os.PathLike | None = None
+    path: str | os.PathLike, data: str | os.PathLike | None = None, labels: LabelSource | None = None
 ) -> tuple[TrainConfig, dict[str, Any]]:
     """(config, checkpoint) to resume RUN/last.pt or the RUN folder; the run continues in RUN.
 
     The output folder is the one given here, not the one recorded, so a copied run folder goes on
-    in the copy. `data` replaces the recorded data path (train() checks it has the same classes).
+    in the copy. `data` replaces the recorded data path; `labels` the recorded label source (a CSV
+    keeps the recorded column names unless it names others). train() checks the classes are the same.
     """
     path = Path(path)
     run = path if path.is_dir() else path.parent
@@ -85,16 +86,31 @@ def config_from_checkpoint(
     settings = {**ckpt["config"], "out": str(run)}
     if data is not None:
         settings["data"] = str(data)
+    if labels is not None and labels.csv is not None:
+        # The CSV's new place; the recorded column names stay unless others are given.
+        settings.update(labels_csv=str(labels.csv), label_pattern=None)
+        settings.update({k: v for k, v in (("id_col", labels.id_col), ("label_col", labels.label_col)) if v})
+    elif labels is not None and labels.pattern is not None:
+        settings.update(labels_csv=None, id_col=None, label_col=None, label_pattern=labels.pattern)
     return TrainConfig(**settings), ckpt
 
 
-def _split(cfg: TrainConfig) -> tuple[list, list, list, list, list[str]]:
-    """(train paths, train labels, val paths, val labels, classes) per --val-dir / --val-split / --subset."""
-    samples = scan_image_folder(cfg.data)
+def _split(
+    cfg: TrainConfig, log: Callable[[str], None]
+) -> tuple[list, list, list, list, list[str], dict[str, str]]:
+    """(train paths, train labels, val paths, val labels, classes, where the labels came from) per
+    the label source, --val-dir / --val-split / --subset; logs what did not match."""
+    source = cfg.label_source()
+    samples = labeled_files(cfg.data, None, source)
+    log(f"labels: {samples.describe()}")
+    for line in samples.notes():
+        log(f"  {line}")
     if len(samples.classes) < 2:
-        raise TrainError(f"{cfg.data}: found {len(samples.classes)} class folder; need at least 2")
+        raise TrainError(f"{cfg.data}: {samples.describe()}; training needs at least 2 classes")
     if cfg.val_dir:
-        val = scan_image_folder(cfg.val_dir, classes=samples.classes)
+        val = labeled_files(cfg.val_dir, samples.classes, source)
+        for line in val.notes():
+            log(f"  --val-dir {line}")
         train_idx, val_paths, val_labels = list(range(len(samples))), val.paths, val.labels
     else:
         train_idx, val_idx = stratified_split(samples.labels, cfg.val_split, cfg.seed)
@@ -104,7 +120,7 @@ def _split(cfg: TrainConfig) -> tuple[list, list, list, list, list[str]]:
         train_idx = sorted(random.Random(cfg.seed).sample(train_idx, cfg.subset))
     train_paths = [samples.paths[i] for i in train_idx]
     train_labels = [samples.labels[i] for i in train_idx]
-    return train_paths, train_labels, val_paths, val_labels, samples.classes
+    return train_paths, train_labels, val_paths, val_labels, samples.classes, samples.origin
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -147,7 +163,7 @@ def _train(
         )
     out = Path(cfg.out)
     seed_all(cfg.seed)
-    train_paths, train_labels, val_paths, val_labels, classes = _split(cfg)
+    train_paths, train_labels, val_paths, val_labels, classes, origin = _split(cfg, log)
 
     source = load_checkpoint(cfg.init_from) if cfg.init_from and not resume else None
     arch = source["arch"] if source else cfg.arch
@@ -169,7 +185,7 @@ def _train(
         named_tv_weights = bool(cfg.weights and not Path(cfg.weights).is_file())
         card = infer_card(
             train_paths, classes, cfg.size, cfg.channels or (src_card.channels if src_card else None),
-            cfg.seed, extra={"arch": arch}, imagenet_stats=named_tv_weights,
+            cfg.seed, extra={"arch": arch, "labels": origin}, imagenet_stats=named_tv_weights,
         )  # fmt: skip
     log(f"data: {len(train_paths)} train / {len(val_paths)} val images, {card.num_classes} classes")
     log(card.describe())
