@@ -38,7 +38,7 @@ demo: $(STAMP)
 # ruff (style, and the torch-boundary import ban), import-linter (layers, torch boundary), mypy.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
 test: lint
