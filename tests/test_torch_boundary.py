@@ -14,10 +14,10 @@ import cvtool
 PACKAGE = Path(cvtool.__file__).parent
 TORCH_FREE = [
     PACKAGE / f
-    for f in ("__init__.py", "errors.py", "contract.py", "images.py", "data.py", "atomic.py", "softmax.py",
-              "tta.py", "decode.py")
+    for f in ("__init__.py", "errors.py", "contract.py", "images.py", "data.py", "data_split.py", "atomic.py",
+              "softmax.py", "tta.py", "decode.py")
 ]  # fmt: skip
-for folder in ("cli", "infer", "onnxtools", "evaluation"):
+for folder in ("cli", "infer", "onnxtools", "evaluation", "bundle"):
     files = sorted((PACKAGE / folder).rglob("*.py"))
     assert files, f"no modules under {folder}/"  # a renamed folder must not empty the check
     TORCH_FREE += files
