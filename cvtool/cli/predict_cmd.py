@@ -79,7 +79,8 @@ def predict(
         str | None, typer.Option(help="Rename the output columns, e.g. ImageId,Label.")
     ] = None,
     files: Annotated[
-        Path | None, typer.Option(help="Predict only the files listed (one per line, under TEST_DIR).")
+        Path | None,
+        typer.Option(help="Predict only the files listed: one path per line, or a .csv whose first column names them."),
     ] = None,
     recursive: Annotated[bool, typer.Option(help="Also look in sub-folders.")] = False,
     tta: Annotated[TtaMode, typer.Option(help="Test-time augmentation.")] = "none",
