@@ -80,7 +80,9 @@ def predict(
     ] = None,
     files: Annotated[
         Path | None,
-        typer.Option(help="Predict only the files listed: one path per line, or a .csv whose first column names them."),
+        typer.Option(
+            help="Predict only the files listed: one path per line, or a .csv whose first column names them."
+        ),
     ] = None,
     recursive: Annotated[bool, typer.Option(help="Also look in sub-folders.")] = False,
     tta: Annotated[TtaMode, typer.Option(help="Test-time augmentation.")] = "none",
