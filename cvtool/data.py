@@ -38,6 +38,7 @@ __all__ = [
     "read_csv_ids",
     "read_labels_csv",
     "stratified_split",
+    "stratified_kfold",
     "stratified_split3",
     "true_labels",
 ]
@@ -629,3 +630,31 @@ def stratified_split3(
         test.extend(idx[n_val : n_val + n_test])
         train.extend(idx[n_val + n_test :])
     return sorted(train), sorted(val), sorted(test)
+
+
+def stratified_kfold(labels: Iterable[int], k: int, seed: int = 0) -> list[list[int]]:
+    """Seeded stratified K folds: the held-out sample indices of each fold, each sorted.
+
+    Every index is in exactly one fold. Each class is shuffled and dealt round-robin, the deal
+    going on where the previous class stopped, so per class and in total the folds' sizes are
+    within one of each other.
+    """
+    if k < 2:
+        raise DataError(f"--folds must be at least 2, got {k}")
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    n = sum(len(v) for v in by_class.values())
+    if n < k:
+        raise DataError(f"{n} images cannot be split into {k} folds")
+    rng = random.Random(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    turn = 0
+    for y in sorted(by_class):
+        idx = by_class[y]
+        rng.shuffle(idx)
+        for i in idx:
+            folds[turn % k].append(i)
+            turn += 1
+    return [sorted(f) for f in folds]
+

@@ -34,8 +34,14 @@ def _show_verify(comp: Comparison) -> None:
 
 
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A cvtool checkpoint (best.pt / last.pt).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(help="A cvtool checkpoint (best.pt / last.pt), a run folder, or a k-fold run folder."),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="ONNX file to write (a k-fold run: a folder for fold-<k>.onnx)."),
+    ],
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
     batch: Annotated[str, typer.Option(help="Batch dimension: dynamic, or a fixed size N.")] = "dynamic",
     verify: Annotated[
@@ -68,9 +74,6 @@ def export(
     float32 one on the same images (reported, not enforced).
     """
     require_torch()
-    from cvtool.export.onnx_export import export_checkpoint
-    from cvtool.export.verify import VerifyError
-
     if fp16 and int8:
         raise OptionError("--fp16 and --int8 exclude each other")
     if int8 and calib is None:
@@ -80,6 +83,53 @@ def export(
     if labels is not None and verify is None:
         raise OptionError("--labels labels the --verify folder; pass --verify DIR too")
     precision: Precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    jobs = _jobs(checkpoint, output)
+    failed: dict[Path, str] = {}
+    for ckpt, out in jobs:
+        if len(jobs) > 1:
+            console.print(f"{ckpt}:")
+        failed.update(
+            _export_one(ckpt, out, opset, batch, precision, verify, labels, tolerance, calib, calib_n)
+        )
+    if failed:
+        err_console.print(f"{len(failed)} calibration/verification image(s) could not be read:")
+        for p, reason in list(failed.items())[:10]:
+            err_console.print(f"  {p}: {reason}")
+        raise typer.Exit(1)
+
+
+def _jobs(checkpoint: Path, output: Path) -> list[tuple[Path, Path]]:
+    """(checkpoint, ONNX file) pairs: one file, a run folder's best.pt, or every fold of a k-fold run."""
+    from cvtool.train.folds import cv_config, fold_dir, is_cv_run
+
+    if not checkpoint.is_dir():
+        return [(checkpoint, output)]
+    if is_cv_run(checkpoint):
+        k = cv_config(checkpoint).folds or 0
+        return [(fold_dir(checkpoint, i) / "best.pt", output / f"fold-{i}.onnx") for i in range(1, k + 1)]
+    if (checkpoint / "best.pt").is_file():
+        return [(checkpoint / "best.pt", output)]
+    raise OptionError(
+        f"{checkpoint}: neither a checkpoint nor a run folder (no best.pt, no k-fold config.json)"
+    )
+
+
+def _export_one(
+    checkpoint: Path,
+    output: Path,
+    opset: int,
+    batch: str,
+    precision: Precision,
+    verify: Path | None,
+    labels: Path | None,
+    tolerance: float,
+    calib: Path | None,
+    calib_n: int,
+) -> dict[Path, str]:
+    """Export one checkpoint and say what was written; returns the images that could not be read."""
+    from cvtool.export.onnx_export import export_checkpoint
+    from cvtool.export.verify import VerifyError
+
     try:
         info = export_checkpoint(
             checkpoint,
@@ -119,8 +169,4 @@ def export(
     if info.reduced is not None:
         low = _NAMES[precision]
         console.print(f"{low} vs float32 on {info.reduced.describe('float32', low)}")
-    if failed:
-        err_console.print(f"{len(failed)} calibration/verification image(s) could not be read:")
-        for p, reason in list(failed.items())[:10]:
-            err_console.print(f"  {p}: {reason}")
-        raise typer.Exit(1)
+    return failed

@@ -134,6 +134,13 @@ def train(
         Path | None,
         typer.Option(help="Validation images instead of --val-split, labeled like DATA."),
     ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="k-fold cross-validation: K runs in OUT/fold-<k>/, then OUT/oof.csv and OUT/cv.json.",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
     size: Annotated[
         int | None, typer.Option(min=1, help="Square input size (default: from the data).")
@@ -209,6 +216,7 @@ def train(
 
     from cvtool.train.checkpoint import load_checkpoint
     from cvtool.train.config import resolve_config
+    from cvtool.train.folds import cv_config, is_cv_run, train_folds
     from cvtool.train.loop import config_from_checkpoint
     from cvtool.train.loop import train as run_training
 
@@ -225,7 +233,17 @@ def train(
         backbone_lr=backbone_lr, device=device, amp=amp, channels_last=channels_last,
     )  # fmt: skip
     given_labels = labels if labels != LabelSource() else None
-    if resume is not None:
+    settings["folds"] = folds
+    if resume is not None and is_cv_run(resume):
+        # k-fold: the run's own settings; the first unfinished fold goes on, finished ones stay.
+        cfg, state = cv_config(resume), None
+        ignored = [_flag(k) for k, v in {"out": out, "recipe": recipe, **settings}.items() if v is not None]
+        ignored += (["DATA"] if data is not None else []) + (["label options"] if given_labels else [])
+        if ignored:
+            err_console.print(
+                f"warning: --resume of a k-fold run keeps its settings; ignoring {', '.join(ignored)}"
+            )
+    elif resume is not None:
         # Label options given on resume replace the recorded ones, as DATA does (same classes).
         cfg, state = config_from_checkpoint(resume, data, given_labels)
         if data is None and not Path(cfg.data).is_dir():
@@ -261,18 +279,36 @@ def train(
         )
         cfg, state = resolve_config(given, recipe), None
     try:
-        result = run_training(cfg, log=console.print, resume=state)
+        if cfg.folds:
+            cv = train_folds(cfg, console.print, resume=resume is not None)
+        else:
+            result = run_training(cfg, log=console.print, resume=state)
     except KeyboardInterrupt as e:
         # Ctrl-C or SIGTERM: the last finished epoch's checkpoint is whole; say how to go on.
         code = e.exit_code if isinstance(e, Interrupted) else 130
         raise CommandError(f"interrupted; continue with: cvtool train --resume {cfg.out}", code) from None
-    console.print(
-        f"best val accuracy {result.best_val_acc:.4f} (epoch {result.best_epoch}); checkpoints in {cfg.out}/"
-    )
-    if result.skipped_images:
-        err_console.print(
-            f"{len(result.skipped_images)} training image(s) could not be read and were skipped:"
+    if cfg.folds:
+        for f in cv.folds:
+            console.print(
+                f"fold {f.fold}: accuracy {f.accuracy:.4f}, log loss {f.log_loss:.4f} "
+                f"on {f.n} held-out images"
+            )
+        (acc, acc_sd), (ll, ll_sd) = cv.mean_std("accuracy"), cv.mean_std("log_loss")
+        console.print(
+            f"{cfg.folds}-fold CV: accuracy {acc:.4f} ± {acc_sd:.4f}, log loss {ll:.4f} ± {ll_sd:.4f}; "
+            f"out-of-fold predictions in {cfg.out}/oof.csv, scores in {cfg.out}/cv.json"
         )
-        for line in result.skipped_images:
+        skipped = cv.skipped_images
+    else:
+        console.print(
+            f"best val accuracy {result.best_val_acc:.4f} (epoch {result.best_epoch}); "
+            f"checkpoints in {cfg.out}/"
+        )
+        skipped = result.skipped_images
+    if skipped:
+        err_console.print(
+            f"{len(skipped)} training image(s) could not be read and were skipped:"
+        )
+        for line in skipped:
             err_console.print(f"  {line}")
         raise typer.Exit(1)

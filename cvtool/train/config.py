@@ -93,6 +93,8 @@ class TrainConfig:
     # data
     val_split: float = 0.1
     val_dir: str | None = None  # labeled like `data` (the same label options)
+    folds: int | None = None  # k-fold cross-validation: K runs in out/fold-<k>/ (cvtool.train.folds)
+    fold: int | None = None  # set in each fold's run: its held-out fold (1-based) is the validation set
     # labels (cvtool.data.LabelSource): class folders unless a CSV or a file-name pattern is given
     labels_csv: str | None = None  # id,label CSV; ids name files by stem or name
     id_col: str | None = None  # CSV columns by name (default: the first two)
@@ -206,6 +208,11 @@ def validate(cfg: TrainConfig) -> None:
         (not (cfg.weights and cfg.init_from), "--weights and --init-from are alternatives; give one"),
         (cfg.channels in (None, 1, 3), "--channels must be 1 or 3"),
         (cfg.subset is None or cfg.subset >= 1, "--subset must be at least 1"),
+        (cfg.folds is None or cfg.folds >= 2, "--folds must be at least 2"),
+        (cfg.folds is None or cfg.val_dir is None, "--folds validates on each held-out fold; drop --val-dir"),
+        # Every training image must be held out exactly once: a subset would leave some out.
+        (cfg.folds is None or cfg.subset is None, "--folds uses every training image; drop --subset"),
+        (cfg.fold is None or (cfg.folds is not None and 1 <= cfg.fold <= cfg.folds), "fold out of range"),
     ]
     for ok, message in checks:
         if not ok:

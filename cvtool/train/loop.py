@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from cvtool.atomic import atomic_write_text
 from cvtool.contract import ModelCard
-from cvtool.data import LabelSource, labeled_files, stratified_split
+from cvtool.data import LabelSource, labeled_files, stratified_kfold, stratified_split
 from cvtool.evaluation.runs import write_run_record
 from cvtool.train.augment import EvalTransform, TrainTransform, resolve_augment
 from cvtool.train.checkpoint import CheckpointError, deferred_interrupts, load_checkpoint, save_checkpoint
@@ -113,7 +113,12 @@ def _split(
             log(f"  --val-dir {line}")
         train_idx, val_paths, val_labels = list(range(len(samples))), val.paths, val.labels
     else:
-        train_idx, val_idx = stratified_split(samples.labels, cfg.val_split, cfg.seed)
+        if cfg.fold is not None and cfg.folds is not None:  # a fold of k-fold: it validates on its own
+            val_idx = stratified_kfold(samples.labels, cfg.folds, cfg.seed)[cfg.fold - 1]
+            held = set(val_idx)
+            train_idx = [i for i in range(len(samples)) if i not in held]
+        else:
+            train_idx, val_idx = stratified_split(samples.labels, cfg.val_split, cfg.seed)
         val_paths = [samples.paths[i] for i in val_idx]
         val_labels = [samples.labels[i] for i in val_idx]
     if cfg.subset is not None and cfg.subset < len(train_idx):
