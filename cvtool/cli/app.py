@@ -37,6 +37,7 @@ from cvtool.cli import (
     quantize_cmd,
     runs_cmd,
     summary_cmd,
+    sweep_cmd,
     train_cmd,
 )
 from cvtool.cli.common import console, err_console
@@ -65,6 +66,12 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any], list[str]]] = [
     (app, "train", train_cmd.train, [
         "cvtool train data/fashion-mnist/train --recipe fashion-mnist --out runs/fm",
         "cvtool train --resume runs/fm",
+    ]),
+    (app, "sweep", sweep_cmd.sweep, [
+        "cvtool sweep data/train --out sweeps/lr --grid lr=0.1,0.01,0.001 --grid arch=cnn4,resnet18 "
+        "--epochs 5",
+        "cvtool sweep data/train --out sweeps/tpe --search lr=1e-4..1e-1:log --search dropout=0..0.5 "
+        "--trials 20 --prune --epochs 10",
     ]),
     (app, "export", export_cmd.export, [
         "cvtool export runs/fm/best.pt -o model.onnx --verify data/fashion-mnist/test "
@@ -149,7 +156,9 @@ def _examples(lines: list[str]) -> str:
 
 
 for group, name, function, examples in COMMANDS:
-    group.command(name, epilog=_examples(examples))(_handled(function))
+    # A command that passes unknown options on (sweep → train's parser) sets `context_settings`.
+    settings = getattr(function, "context_settings", None)
+    group.command(name, epilog=_examples(examples), context_settings=settings)(_handled(function))
 
 
 @app.callback(invoke_without_command=True)
