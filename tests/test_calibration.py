@@ -137,3 +137,52 @@ def test_calibrate_on_out_of_fold_predictions(tmp_path):
     assert read_card(onnx.load(str(out))).temperature == pytest.approx(2.0, rel=0.05)
     r = runner.invoke(app, ["calibrate", str(model), "-o", str(out)])
     assert r.exit_code == 2 and "--oof" in r.output
+
+
+def test_train_calibrate_puts_the_temperature_into_the_exported_model(tmp_path):
+    from conftest import make_image_folder
+
+    from cvtool.evaluation.calibration import fit_temperature as fit
+    from cvtool.train.checkpoint import load_checkpoint
+    from cvtool.train.config import TrainConfig
+    from cvtool.train.logits import checkpoint_logits
+    from cvtool.train.loop import _split
+
+    data = make_image_folder(tmp_path / "shapes", per_class=12, seed=3)
+    run = tmp_path / "run"
+    args = ["train", str(data), "--arch", "mlp", "--epochs", "2", "--batch-size", "8", "--workers", "0",
+            "--val-split", "0.3", "--calibrate", "--out", str(run)]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "calibrated on " in r.output
+    card = load_checkpoint(run / "best.pt")["card"]
+    cal = card["calibration"]
+    assert json.loads((run / "card.json").read_text())["calibration"] == cal
+    # The temperature is the one fitted on best.pt's logits on the validation split (T = 1 only
+    # when the fit would have made the calibration error worse).
+    import torch
+
+    cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
+    _, _, val_paths, val_labels, _, _ = _split(cfg, lambda _: None)
+    ok, logits = checkpoint_logits(run / "best.pt", val_paths, torch.device("cpu"))
+    expected = fit(logits, np.array([val_labels[i] for i in ok]))
+    assert cal["temperature"] in (pytest.approx(expected, rel=1e-5), 1.0)
+    assert cal["nll_after"] <= cal["nll_before"] and cal["n"] == len(ok)
+    onnx_path = tmp_path / "m.onnx"
+    assert runner.invoke(app, ["export", str(run / "best.pt"), "-o", str(onnx_path)]).exit_code == 0
+    assert read_card(onnx.load(str(onnx_path))).calibration == cal
+
+
+def test_export_verify_passes_on_a_calibrated_checkpoint(tmp_path):
+    # --verify compares the file's deployed probabilities (logits / T) with PyTorch's, both with T.
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "shapes", per_class=8, seed=2)
+    run = tmp_path / "run"
+    args = ["train", str(data), "--arch", "mlp", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+            "--val-split", "0.3", "--calibrate", "--out", str(run)]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
+    out = tmp_path / "m.onnx"
+    r = runner.invoke(app, ["export", str(run / "best.pt"), "-o", str(out), "--verify", str(data)])
+    assert r.exit_code == 0, r.output
+    assert "top-1 agreement 100.00%" in r.output

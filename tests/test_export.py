@@ -142,7 +142,7 @@ def test_verify_failure_exits_non_zero_and_writes_nothing(rgb_model, shapes_test
     import cvtool.export.verify as verify
 
     real = verify.torch_probs
-    monkeypatch.setattr(verify, "torch_probs", lambda net: lambda x: np.roll(real(net)(x), 1, axis=1))
+    monkeypatch.setattr(verify, "torch_probs", lambda n, t=1.0: lambda x: np.roll(real(n, t)(x), 1, axis=1))
     test_dir, labels = shapes_test
     out = tmp_path / "v.onnx"
     args = ["export", str(rgb_model.with_suffix(".pt")), "-o", str(out), "--verify", str(test_dir)]

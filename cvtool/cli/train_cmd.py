@@ -134,6 +134,13 @@ def train(
         Path | None,
         typer.Option(help="Validation images instead of --val-split, labeled like DATA."),
     ] = None,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option(
+            "--calibrate",
+            help="Fit a temperature on the validation split after training (calibrated probabilities).",
+        ),
+    ] = None,
     folds: Annotated[
         int | None,
         typer.Option(
@@ -233,7 +240,7 @@ def train(
         backbone_lr=backbone_lr, device=device, amp=amp, channels_last=channels_last,
     )  # fmt: skip
     given_labels = labels if labels != LabelSource() else None
-    settings["folds"] = folds
+    settings.update(folds=folds, calibrate=calibrate)
     if resume is not None and is_cv_run(resume):
         # k-fold: the run's own settings; the first unfinished fold goes on, finished ones stay.
         cfg, state = cv_config(resume), None

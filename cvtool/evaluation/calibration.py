@@ -26,7 +26,14 @@ from cvtool.infer.session import OnnxModel
 from cvtool.onnxtools.card_edit import set_card
 from cvtool.softmax import softmax
 
-__all__ = ["CalibrationError", "CalibrationResult", "calibrate", "fit_temperature", "model_logits"]
+__all__ = [
+    "CalibrationError",
+    "CalibrationResult",
+    "calibrate",
+    "fit_result",
+    "fit_temperature",
+    "model_logits",
+]
 
 # 1/T is searched in [1e-3, 1e3]: far beyond any temperature a classifier needs.
 _LOG_BETA = (-3 * np.log(10), 3 * np.log(10))
@@ -115,7 +122,8 @@ def model_logits(
     return done, np.concatenate(out) if out else np.zeros((0, k), np.float32), failed
 
 
-def _result(logits: np.ndarray, labels: np.ndarray, fitted_on: str) -> CalibrationResult:
+def fit_result(logits: np.ndarray, labels: np.ndarray, fitted_on: str) -> CalibrationResult:
+    """Fit T on (N, K) logits and labels, with the figures before and after (T = 1 if it hurt ECE)."""
     if len(labels) == 0:
         raise CalibrationError(f"{fitted_on}: no image could be read to calibrate on")
     before = softmax(logits)
@@ -161,7 +169,7 @@ def calibrate(
         raise CalibrationError(f"{model.path}: its output is probabilities; a temperature needs logits")
     if oof is not None:
         table = read_oof(oof, names)
-        result = _result(table.logits, table.labels, str(oof))
+        result = fit_result(table.logits, table.labels, str(oof))
         failed: dict[Path, str] = {}
     else:
         assert data is not None, "calibrate needs data or an out-of-fold file"
@@ -170,7 +178,7 @@ def calibrate(
             on_start(len(samples))
         label_of = dict(zip(samples.paths, samples.labels, strict=True))
         done, logits, failed = model_logits(model, samples.paths, batch_size, workers, on_progress)
-        result = _result(logits, np.array([label_of[p] for p in done], np.int64), str(data))
+        result = fit_result(logits, np.array([label_of[p] for p in done], np.int64), str(data))
     result.failed = failed
     # The card the model was run with (the file's, or the CLI's for a file without one), plus T.
     card = {**model.card.to_dict(), "jpeg_draft": model.card.jpeg_draft, "calibration": result.card_entry()}

@@ -39,12 +39,12 @@ class VerifyError(ExportError):
         self.result = result
 
 
-def torch_probs(net: torch.nn.Module) -> ProbFn:
-    """(N, C, H, W) float32 numpy → (N, K) softmax probabilities from `net` in eval mode."""
+def torch_probs(net: torch.nn.Module, temperature: float = 1.0) -> ProbFn:
+    """(N, C, H, W) float32 numpy → (N, K) softmax(logits / temperature) from `net` in eval mode."""
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return torch.softmax(net(torch.from_numpy(x)).float(), dim=1).numpy()
+            return torch.softmax(net(torch.from_numpy(x)).float() / temperature, dim=1).numpy()
 
     return run
 
@@ -60,4 +60,6 @@ def verify_against_torch(
     from cvtool.infer.session import open_model
 
     model = open_model(onnx_path, device="cpu")
-    return compare_predictions(files, card, torch_probs(net.eval()), model.run, labels)
+    # The file's probabilities are the deployed ones, a calibrated card's temperature applied.
+    reference = torch_probs(net.eval(), card.temperature)
+    return compare_predictions(files, card, reference, model.run, labels)

@@ -95,6 +95,7 @@ class TrainConfig:
     val_dir: str | None = None  # labeled like `data` (the same label options)
     folds: int | None = None  # k-fold cross-validation: K runs in out/fold-<k>/ (cvtool.train.folds)
     fold: int | None = None  # set in each fold's run: its held-out fold (1-based) is the validation set
+    calibrate: bool = False  # fit a temperature on the validation split after training (train/calibrate.py)
     # labels (cvtool.data.LabelSource): class folders unless a CSV or a file-name pattern is given
     labels_csv: str | None = None  # id,label CSV; ids name files by stem or name
     id_col: str | None = None  # CSV columns by name (default: the first two)

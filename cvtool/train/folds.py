@@ -19,17 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cvtool.atomic import atomic_write_text
 from cvtool.data import labeled_files, stratified_kfold
 from cvtool.evaluation.metrics import log_loss
 from cvtool.evaluation.oof import write_oof
-from cvtool.images import ImageError, load_and_preprocess
 from cvtool.softmax import softmax
-from cvtool.train.checkpoint import load_checkpoint, model_from_checkpoint
+from cvtool.train.checkpoint import load_checkpoint
 from cvtool.train.config import TrainConfig, TrainError
 from cvtool.train.distributed import resolve_device
+from cvtool.train.logits import checkpoint_logits
 from cvtool.train.loop import config_from_checkpoint, train
 
 __all__ = ["CvResult", "FoldScore", "cv_config", "fold_dir", "is_cv_run", "train_folds"]
@@ -82,36 +81,6 @@ def _finished(run: Path) -> bool:
         return False
 
 
-def _held_out_logits(
-    ckpt_path: Path, paths: list[Path], device: torch.device
-) -> tuple[list[int], np.ndarray]:
-    """(positions that decoded, their (n, K) logits) from a fold's best.pt, in eval mode."""
-    model, card = model_from_checkpoint(load_checkpoint(ckpt_path))
-    model.to(device)
-    ok: list[int] = []
-    out: list[np.ndarray] = []
-    batch: list[np.ndarray] = []
-
-    def flush() -> None:
-        if batch:
-            with torch.no_grad():
-                x = torch.from_numpy(np.stack(batch)).to(device)
-                out.append(model(x).float().cpu().numpy())
-            batch.clear()
-
-    for i, p in enumerate(paths):
-        try:
-            batch.append(load_and_preprocess(p, card))  # the preprocessing validation used
-        except ImageError:
-            continue  # training skipped it too, and said so
-        ok.append(i)
-        if len(batch) == 64:
-            flush()
-    flush()
-    k = card.num_classes
-    return ok, np.concatenate(out) if out else np.zeros((0, k), np.float32)
-
-
 def train_folds(
     cfg: TrainConfig,
     log: Callable[[str], None] = print,
@@ -147,7 +116,7 @@ def train_folds(
     rows: list[tuple[int, int, np.ndarray]] = []  # (sample index, fold, logits)
     scores = []
     for k, held in enumerate(folds, start=1):
-        ok, logits = _held_out_logits(fold_dir(out, k) / "best.pt", [samples.paths[i] for i in held], device)
+        ok, logits = checkpoint_logits(fold_dir(out, k) / "best.pt", [samples.paths[i] for i in held], device)
         idx = [held[j] for j in ok]
         y = np.array([samples.labels[i] for i in idx], np.int64)
         probs = softmax(logits)

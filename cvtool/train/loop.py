@@ -381,6 +381,16 @@ def _train(
                 )
                 stopped_early = True
                 break
+    if cfg.calibrate and rt.main:
+        from cvtool.train.calibrate import calibrate_run
+
+        with deferred_interrupts():
+            cal = calibrate_run(out, val_paths, val_labels, rt.device)
+        log(
+            f"calibrated on {cal.n} validation images: temperature {cal.temperature:.4f}, log loss "
+            f"{cal.nll_before:.4f} → {cal.nll_after:.4f}, ECE {cal.ece_before:.4f} → {cal.ece_after:.4f}"
+            + (f" ({cal.note})" if cal.note else "")
+        )
     rt.barrier()
     return TrainResult(
         best_val_acc=tracker.best_acc,
