@@ -90,6 +90,10 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any], list[str]]] = [
         "cvtool evaluate data/fashion-mnist/test --labels data/fashion-mnist/test_labels.csv "
         "-m model.onnx -o eval --failures 50 --occlusion 5",
     ]),
+    (app, "cam", explain_cmd.cam, [
+        "cvtool cam img1.png img2.png -m model.onnx --target pred -o cam/",
+        "cvtool cam test/ -m model.onnx --layer layer4 --faithfulness -o cam/",
+    ]),
     (app, "occlusion", explain_cmd.occlusion, ["cvtool occlusion img1.png img2.png -m model.onnx -o occ/"]),
     (app, "filters", explain_cmd.filters, [
         "cvtool filters model.onnx --compare untrained.onnx -o filters.png",

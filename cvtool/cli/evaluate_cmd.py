@@ -9,7 +9,14 @@ import typer
 from rich.table import Table
 
 from cvtool.cli.common import console, err_console, open_onnx, progress_bar
-from cvtool.cli.explain_options import BaselineOpt, StrideOpt, WindowOpt
+from cvtool.cli.explain_options import (
+    BaselineOpt,
+    CamLayerOpt,
+    FaithfulnessOpt,
+    FaithfulnessStepsOpt,
+    StrideOpt,
+    WindowOpt,
+)
 from cvtool.cli.options import (
     BatchOpt,
     DeviceOpt,
@@ -47,6 +54,18 @@ def evaluate(
     occlusion: Annotated[
         int, typer.Option(min=0, help="Occlusion maps for the K worst failures and K random correct images.")
     ] = 0,
+    cam: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Class activation maps (ReciproCAM) for the K worst failures and K random correct "
+            "images [default: 5 when the model has a spatial feature map; 0: none].",
+            show_default=False,
+        ),
+    ] = None,
+    cam_layer: CamLayerOpt = None,
+    faithfulness: FaithfulnessOpt = False,
+    faithfulness_steps: FaithfulnessStepsOpt = 20,
     window: WindowOpt = None,
     stride: StrideOpt = None,
     baseline: BaselineOpt = "mean",
@@ -54,7 +73,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed for picking the random correct images.")] = 0,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Evaluate on labeled images: metrics, confusion matrices, failures, occlusion, report.html."""
+    """Evaluate on labeled images: metrics, confusion matrices, failures, CAMs, occlusion, report.html."""
     from cvtool.evaluation.run import evaluate as run_evaluate
 
     m = open_onnx(model, device, card, verbose)
@@ -72,6 +91,7 @@ def evaluate(
             on_progress=lambda n: progress.advance(task, n),
             failures=failures, occlusion=occlusion, window=window, stride=stride,
             baseline=baseline, report=report, seed=seed, on_task=on_task,
+            cam=cam, cam_layer=cam_layer, faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
         )  # fmt: skip
 
     table = Table(title=f"{data} — {r.n} images")
@@ -90,6 +110,25 @@ def evaluate(
         f"accuracy {r.accuracy:.4f}" + "".join(f", {e}" for e in extra) + f" on {r.n} images, "
         f"{r.images_per_s:.0f} images/s on {r.provider}"
     )
+    if r.cam is not None:
+        console.print(
+            f"class activation maps of {r.cam.images} image(s) at {r.cam.layer} ({r.cam.cells} cells)"
+        )
+    if r.faithfulness is not None:
+        from cvtool.cli.explain_cmd import faithfulness_table
+        from cvtool.evaluation.faithfulness import Faithfulness
+
+        scored: list[tuple[str, list[Faithfulness]]] = [
+            ("cam", [c.faithfulness for m in r.cam_maps for c in m.classes if c.faithfulness]),
+            (
+                "occlusion (drop in p)",
+                [c.faithfulness for m in r.occlusion_maps for c in m.classes if c.faithfulness],
+            ),
+        ]
+        f = r.faithfulness
+        console.print(
+            faithfulness_table(f"faithfulness, {f['steps']} steps, baseline {f['baseline']}", scored)
+        )
     console.print(f"{len(r.failures)} misclassified; most confused: " + (
         ", ".join(f"{t} → {p} ({n})" for t, p, n in r.most_confused[:3]) or "none"
     ))  # fmt: skip

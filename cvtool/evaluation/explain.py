@@ -1,20 +1,22 @@
-"""What `cvtool occlusion` maps: the image files given, and the class to map in each.
+"""What `cvtool occlusion` and `cvtool cam` map: the image files given, and the class to map in each.
 
-The target is `pred` (the predicted class), `true` (from an id,label CSV, else the parent
-folder's name) or a class name; it is checked here, so the command only parses and prints.
+The target is `pred` (the predicted class), `true` (from an id,label CSV, a file-name pattern,
+else the parent folder's name) or a class name; it is checked here, so the commands only parse
+and print.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cvtool.data import list_images, read_labels_csv
+from cvtool.data import LabelSource, list_images, read_labels_csv, true_labels
 from cvtool.evaluation.occlusion import MapRequest, OcclusionError
 from cvtool.evaluation.outputs import safe_filename
 
-__all__ = ["image_files", "occlusion_requests"]
+__all__ = ["image_files", "map_requests", "occlusion_requests"]
 
 
 def image_files(images: Sequence[str | os.PathLike]) -> list[Path]:
@@ -66,3 +68,18 @@ def occlusion_requests(
         MapRequest(f"{i:0{width}d}_{safe_filename(p.stem)}", p, t)
         for i, (p, t) in enumerate(zip(paths, targets, strict=True), start=1)
     ]
+
+
+def map_requests(
+    images: Sequence[str | os.PathLike],
+    class_names: Sequence[str],
+    target: str = "pred",
+    labels: LabelSource | None = None,
+) -> list[MapRequest]:
+    """`occlusion_requests` with the true classes read the way training and evaluate read them:
+    by `labels` (an id,label CSV or a file-name pattern), else the parent folder's name."""
+    if target == "true" and labels is not None and labels.layout != "folders":
+        requests = occlusion_requests(images, class_names, "pred")
+        truth = true_labels([q.path for q in requests], labels, class_names)
+        return [dataclasses.replace(q, targets=(k,), true=k) for q, k in zip(requests, truth, strict=True)]
+    return occlusion_requests(images, class_names, target)

@@ -29,6 +29,12 @@ from PIL import Image, ImageFilter
 from cvtool.atomic import atomic_write
 from cvtool.contract import ModelCard
 from cvtool.errors import CvtoolError
+from cvtool.evaluation.faithfulness import (
+    FAITHFULNESS_CSV_HEADER,
+    Faithfulness,
+    FaithfulnessSettings,
+    faithfulness,
+)
 from cvtool.evaluation.outputs import safe_filename, write_csv
 from cvtool.images import ImageError, load_image, preprocess, resize_and_crop
 
@@ -42,6 +48,7 @@ __all__ = [
     "OcclusionResult",
     "baseline_for",
     "check_baseline",
+    "load_input",
     "occlude",
     "occlude_file",
     "occlusion_maps",
@@ -185,6 +192,13 @@ def baseline_for(kind: str, shown: Image.Image, card: ModelCard, window: int) ->
     return preprocess(blurred, _input_card(card))
 
 
+def load_input(path: str | os.PathLike, card: ModelCard) -> tuple[Image.Image, np.ndarray]:
+    """Decode + preprocess one file as predict does: the image as the model sees it (resized and
+    cropped, for display) and its (C, H, W) float32 input. Raises ImageError for an unreadable file."""
+    shown = resize_and_crop(load_image(path, card), card)
+    return shown, preprocess(shown, _input_card(card))
+
+
 def occlude_file(
     run: Callable[[np.ndarray], np.ndarray],
     path: str | os.PathLike,
@@ -200,8 +214,7 @@ def occlude_file(
     Returns the image as the model sees it (resized and cropped, for display) and the result.
     Raises ImageError for an unreadable file.
     """
-    shown = resize_and_crop(load_image(path, card), card)
-    x = preprocess(shown, _input_card(card))
+    shown, x = load_input(path, card)
     base = baseline_for(baseline, shown, card, window)
     return shown, occlude(run, x, base, window, stride, batch_size, on_progress)
 
@@ -313,6 +326,7 @@ class ClassMap:
     row: int
     col: int
     npy: Path
+    faithfulness: Faithfulness | None = None  # deletion / insertion scores of the drop in p(class)
 
 
 @dataclass(frozen=True)
@@ -326,10 +340,10 @@ class OcclusionMap:
     classes: tuple[ClassMap, ...]
 
     def csv_rows(self) -> list[list[object]]:
-        """Its occlusion.csv rows, one per target class."""
+        """Its occlusion.csv rows, one per target class (with the faithfulness columns when scored)."""
         return [
             [self.name, str(self.path), c.cls, f"{c.p_original:.6f}", f"{c.p_min:.6f}", c.row, c.col,
-             self.png.name, c.npy.name]
+             self.png.name, c.npy.name] + (c.faithfulness.csv_cells() if c.faithfulness else [])
             for c in self.classes
         ]  # fmt: skip
 
@@ -339,10 +353,12 @@ class OcclusionMap:
         return dataclasses.replace(self, png=folder / self.png.name, classes=classes)
 
 
-def _class_map(result: OcclusionResult, k: int, cls: str, npy: Path) -> ClassMap:
+def _class_map(
+    result: OcclusionResult, k: int, cls: str, npy: Path, scores: Faithfulness | None = None
+) -> ClassMap:
     pmap = result.pixel_map(k)
     r, c = np.unravel_index(int(np.argmin(pmap)), pmap.shape)
-    return ClassMap(k, cls, float(result.p0[k]), float(pmap[r, c]), int(r), int(c), npy)
+    return ClassMap(k, cls, float(result.p0[k]), float(pmap[r, c]), int(r), int(c), npy, scores)
 
 
 def occlusion_maps(
@@ -356,11 +372,14 @@ def occlusion_maps(
     batch_size: int = 64,
     on_progress: Callable[[int], None] | None = None,
     on_map: Callable[[OcclusionMap], None] | None = None,
+    faith: FaithfulnessSettings | None = None,
 ) -> tuple[list[OcclusionMap], dict[Path, str]]:
     """Map each requested image and write its files and occlusion.csv into `out_dir`.
 
-    `on_map` sees each image's maps as soon as they are written. Returns the maps, and
-    {path: reason} for the images that could not be read (skipped).
+    With `faith`, each map's drop in p(class) is also scored by deletion and insertion (pixels
+    set to the same baseline) against a random map. `on_map` sees each image's maps as soon as
+    they are written. Returns the maps, and {path: reason} for the images that could not be read
+    (skipped).
     """
     check_baseline(baseline)
     _check(card.input_size, (window, window), (stride, stride))
@@ -370,18 +389,30 @@ def occlusion_maps(
     failed: dict[Path, str] = {}
     for req in requests:
         try:
-            shown, res = occlude_file(run, req.path, card, window, stride, baseline, batch_size, on_progress)
+            shown, x = load_input(req.path, card)
         except ImageError as e:
             failed[req.path] = e.reason
             continue
+        base = baseline_for(baseline, shown, card, window)
+        res = occlude(run, x, base, window, stride, batch_size, on_progress)
         pred = int(res.p0.argmax()) if req.pred is None else req.pred
         targets = req.targets or (pred,)
         seen = f"predicted {names[pred]} (p = {res.p0[pred]:.3f})"
         caption = f"{req.path.name}: " + (seen if req.true is None else f"true {names[req.true]}, {seen}")
+        scores: dict[int, Faithfulness] = {}
+        if faith:
+            # What occluding each pixel costs p(class) is the map whose faithfulness is scored.
+            for k in targets:
+                drop = res.p0[k] - res.pixel_map(k)
+                scores[k] = faithfulness(run, x, drop, base, k, faith.steps, faith.seed, batch_size, baseline)
+            caption += "\n" + "; ".join(f"{names[k]}: {f.describe()}" for k, f in scores.items())
         files = save_occlusion(out, req.name, shown, res, targets, names, caption)
-        classes = tuple(_class_map(res, k, names[k], files[f"npy:{names[k]}"]) for k in targets)
+        classes = tuple(
+            _class_map(res, k, names[k], files[f"npy:{names[k]}"], scores.get(k)) for k in targets
+        )
         maps.append(OcclusionMap(req.name, req.path, caption, files["png"], classes))
         if on_map:
             on_map(maps[-1])
-    write_csv(out / "occlusion.csv", OCCLUSION_CSV_HEADER, [row for m in maps for row in m.csv_rows()])
+    header = OCCLUSION_CSV_HEADER + (FAITHFULNESS_CSV_HEADER if faith else [])
+    write_csv(out / "occlusion.csv", header, [row for m in maps for row in m.csv_rows()])
     return maps, failed

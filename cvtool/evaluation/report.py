@@ -123,6 +123,41 @@ def _failures(r: EvalResult, out: Path) -> list[str]:
     return parts
 
 
+def _faithfulness(r: EvalResult, kind: str) -> str:
+    """The mean deletion / insertion AUC of one kind of map next to the random map's."""
+    f = (r.faithfulness or {}).get(kind)
+    if not f:
+        return ""
+    assert r.faithfulness is not None
+    rows = [
+        (kind, f["maps"], f"{f['deletion_auc']:.3f}", f"{f['insertion_auc']:.3f}"),
+        ("random (seeded)", f["maps"], f"{f['random_deletion_auc']:.3f}", f"{f['random_insertion_auc']:.3f}"),
+    ]
+    note = (
+        f'<p class="muted">Faithfulness: pixels deleted (set to the {escape(r.faithfulness["baseline"])} '
+        f"baseline) or inserted most important first in {r.faithfulness['steps']} steps; AUC of "
+        "p(class) over the fraction of pixels. A map that finds what the model uses has a lower "
+        "deletion and a higher insertion AUC than the random map.</p>"
+    )
+    return note + _table(
+        ["map", "maps", "deletion AUC (lower is better)", "insertion AUC (higher is better)"], rows
+    )
+
+
+def _cam(r: EvalResult) -> list[str]:
+    if r.cam is None or not r.cam_maps:
+        return []
+    c = r.cam
+    return [
+        "<h2>Class activation maps</h2>",
+        f'<p class="muted">ReciproCAM at {escape(c.layer)} ({c.cells} cells): the head of the model run '
+        "on the feature map with only one cell kept; each cell shows p(class) from that cell alone, "
+        "and the overlay that map min-max normalised to [0, 1] at the input size.</p>",
+        _faithfulness(r, "cam"),
+        *(_figure(m.png, m.caption) for m in r.cam_maps),
+    ]
+
+
 def _occlusion(r: EvalResult) -> list[str]:
     if r.occlusion is None or not r.occlusion_maps:
         return []
@@ -132,6 +167,7 @@ def _occlusion(r: EvalResult) -> list[str]:
         f'<p class="muted">{o.window}-pixel window, stride {o.stride}, baseline {escape(o.baseline)}: '
         "each pixel shows the class probability while a window covering it is occluded; "
         "low values mark what the model relies on.</p>",
+        _faithfulness(r, "occlusion"),
         *(_figure(m.png, m.caption) for m in r.occlusion_maps),
     ]
 
@@ -176,6 +212,7 @@ def write_report(path: str | os.PathLike, result: EvalResult) -> Path:
         _figure(out / "reliability.png", "Accuracy against confidence; the gap is what ECE averages"),
         "<h2>Highest-loss failures</h2>",
         *_failures(r, out),
+        *_cam(r),
         *_occlusion(r),
         "</body></html>",
     ]

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from cvtool.evaluation.cam import CamImage
 from cvtool.evaluation.failures import Failure
 from cvtool.evaluation.occlusion import OcclusionMap
 
-__all__ = ["ClassScores", "EvalResult", "OcclusionSettings", "Scores"]
+__all__ = ["CamSettings", "ClassScores", "EvalResult", "OcclusionSettings", "Scores"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,16 @@ class OcclusionSettings:
     window: int
     stride: int
     baseline: str
+    images: int
+
+
+@dataclass(frozen=True)
+class CamSettings:
+    """Where the graph was split for the class activation maps, and how many images got one."""
+
+    layer: str
+    tensor: str
+    cells: str  # "h×w"
     images: int
 
 
@@ -71,6 +82,10 @@ class EvalResult:
     unreadable: dict[Path, str] = field(default_factory=dict)  # failed_images.csv: every one, and why
     occlusion: OcclusionSettings | None = None  # None: no occlusion maps
     occlusion_maps: list[OcclusionMap] = field(default_factory=list)
+    cam: CamSettings | None = None  # None: no class activation maps
+    cam_maps: list[CamImage] = field(default_factory=list)
+    # Deletion / insertion scoring: steps, seed, baseline and the mean AUCs of each kind of map.
+    faithfulness: dict[str, Any] | None = None
     files: list[str] = field(default_factory=list)  # names written in the output folder ("x/": folder)
 
     def metrics_json(self) -> dict[str, Any]:
@@ -102,4 +117,8 @@ class EvalResult:
         )
         if self.occlusion is not None:
             m["occlusion"] = dataclasses.asdict(self.occlusion)
+        if self.cam is not None:
+            m["cam"] = dataclasses.asdict(self.cam)
+        if self.faithfulness is not None:
+            m["faithfulness"] = self.faithfulness
         return m

@@ -8,8 +8,9 @@ metrics; nothing is dropped silently.
 Outputs in `out_dir`: metrics.json, per_image.csv, confusion_matrix.csv/.png,
 confusion_matrix_normalized.png, most_confused.csv, reliability.png, failed_images.csv (when some
 images failed); with `failures` > 0 failures/, failures.csv and top_losses.png; with `occlusion` > 0
-occlusion/ (maps of the worst failures and of random correct images); report.html. Those of them
-that a run does not write are removed, so the folder never mixes two runs; other files stay.
+occlusion/ (maps of the worst failures and of random correct images); with `cam` > 0 cam/ (class
+activation maps of the same kind of picks); report.html. Those of them that a run does not write
+are removed, so the folder never mixes two runs; other files stay.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import numpy as np
 
 from cvtool.atomic import atomic_write_text
 from cvtool.data import LabeledSamples, LabelSource, labeled_files
+from cvtool.errors import CvtoolError
+from cvtool.evaluation.cam import CamModel, cam_maps, open_cam
 from cvtool.evaluation.failures import Failure, rank_failures, write_failures
+from cvtool.evaluation.faithfulness import DEFAULT_STEPS, FaithfulnessSettings, mean_scores
 from cvtool.evaluation.metrics import (
     classification_metrics,
     most_confused,
@@ -41,11 +45,15 @@ from cvtool.evaluation.occlusion import (
 )
 from cvtool.evaluation.outputs import fresh_dir, remove_stale, safe_filename, write_csv
 from cvtool.evaluation.plots import plot_confusion_matrix, plot_reliability
-from cvtool.evaluation.result import ClassScores, EvalResult, OcclusionSettings, Scores
+from cvtool.evaluation.result import CamSettings, ClassScores, EvalResult, OcclusionSettings, Scores
 from cvtool.infer.pipeline import predict_files
 from cvtool.infer.session import OnnxModel, open_model
 
-__all__ = ["OUTPUTS", "EvalResult", "TaskStarter", "evaluate"]
+__all__ = ["DEFAULT_CAM", "OUTPUTS", "EvalResult", "TaskStarter", "evaluate"]
+
+# A CAM costs about one forward pass; what --cam 5 adds to evaluate is mostly drawing its ten
+# figures (bench/RESULTS.md: +2.6 s on the demo model), so evaluate makes them by default.
+DEFAULT_CAM = 5
 
 # on_task(description, total) starts a progress bar and returns its advance(n) function.
 TaskStarter = Callable[[str, int], Callable[[int], None]]
@@ -67,6 +75,7 @@ OUTPUTS = (
     "failures.csv",
     "top_losses.png",
     "occlusion/",
+    "cam/",
     "failed_images.csv",
     "report.html",
 )
@@ -108,6 +117,16 @@ def _occlusion_picks(
     return [MapRequest(name, p, (t,) if t == q else (t, q), true=t, pred=q) for name, p, t, q in picks]
 
 
+def _open_cam(model: OnnxModel, cam: int | None, layer: str | None) -> CamModel | None:
+    """The split model for `cam` CAMs; with cam=None, only when the model can be split."""
+    if cam is None and layer is None:
+        try:
+            return open_cam(model)
+        except CvtoolError:  # no feature map, or a head that does not run: no CAMs by default
+            return None
+    return open_cam(model, layer) if cam is None or cam > 0 else None
+
+
 def evaluate(
     model: OnnxModel | str | os.PathLike,
     data: str | os.PathLike | LabeledSamples,
@@ -126,6 +145,10 @@ def evaluate(
     report: bool = True,
     seed: int = 0,
     on_task: TaskStarter | None = None,
+    cam: int | None = None,
+    cam_layer: str | None = None,
+    faithfulness: bool = False,
+    faithfulness_steps: int = DEFAULT_STEPS,
 ) -> EvalResult:
     """Evaluate `model` (an opened model, or an .onnx path opened with its own card on the best
     device) on `data` and write the outputs listed in the module docstring.
@@ -134,13 +157,19 @@ def evaluate(
     None: class folders), or the LabeledSamples `labeled_files` made of it for the card's classes.
 
     `failures`: how many of the worst misclassified images to copy and show; `occlusion`: how many
-    worst failures and as many random correct images (seeded) get occlusion maps.
+    worst failures and as many random correct images (seeded) get occlusion maps; `cam`: the same
+    for class activation maps, split at `cam_layer` (default: the last feature map; SplitError,
+    before anything runs, when the model has none). `cam=None`: DEFAULT_CAM when the model has a
+    usable feature map (and `cam_layer` is not given), else none. `faithfulness` scores every map
+    by deletion and insertion AUC against a random map (`seed`), in `faithfulness_steps` steps.
     """
     if not isinstance(model, OnnxModel):
         model = open_model(model)
     # Settings are checked before anything runs: a bad window must not cost a whole prediction.
     window, stride = resolve_window(model.card.input_size, window, stride)
     baseline = check_baseline(baseline)
+    faith = FaithfulnessSettings(faithfulness_steps, seed) if faithfulness else None
+    split = _open_cam(model, cam, cam_layer)
     out = Path(out_dir)
     names = list(model.card.class_names)
     # An already listed LabeledSamples (the command line shows what did not match) or a folder.
@@ -205,12 +234,30 @@ def evaluate(
         advance = on_task("occlusion", total) if on_task else None
         with fresh_dir(out, "occlusion") as folder:
             maps, occ_failed = occlusion_maps(
-                model.run, model.card, picks, folder, window, stride, baseline, batch_size, advance
-            )
+                model.run, model.card, picks, folder, window, stride, baseline, batch_size, advance,
+                faith=faith,
+            )  # fmt: skip
         r.occlusion_maps = [m.moved_to(out / "occlusion") for m in maps]
         r.unreadable.update(occ_failed)
         r.occlusion = OcclusionSettings(window, stride, baseline, len(maps))
         r.files.append("occlusion/")
+    if split is not None and len(preds.paths):
+        picks = _occlusion_picks(ranked, preds.paths, y_true, y_pred, cam or DEFAULT_CAM, seed)
+        advance = on_task("cam", len(picks)) if on_task else None
+        with fresh_dir(out, "cam") as folder:
+            cams, cam_failed = cam_maps(split, picks, folder, batch_size, faith, baseline, advance)
+        r.cam_maps = [m.moved_to(out / "cam") for m in cams]
+        r.unreadable.update(cam_failed)
+        p = split.point
+        r.cam = CamSettings(p.name, p.tensor, f"{p.height}×{p.width}", len(cams))
+        r.files.append("cam/")
+    if faith is not None:
+        scored = {
+            "cam": [c.faithfulness for m in r.cam_maps for c in m.classes if c.faithfulness],
+            "occlusion": [c.faithfulness for m in r.occlusion_maps for c in m.classes if c.faithfulness],
+        }
+        r.faithfulness = {"steps": faith.steps, "seed": faith.seed, "baseline": baseline}
+        r.faithfulness.update({k: {"maps": len(v), **mean_scores(v)} for k, v in scored.items() if v})
 
     atomic_write_text(out / "metrics.json", json.dumps(r.metrics_json(), indent=2, ensure_ascii=False))
     if r.unreadable:
