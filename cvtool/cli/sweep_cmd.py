@@ -226,11 +226,13 @@ def sweep(
         int | None, typer.Option(help="TPE's seed (default: random).", rich_help_panel=_P)
     ] = None,
 ) -> None:
-    """Sweep train settings: cvtool sweep DATA --out SWEEP (--grid … | --search … --trials N) [train flags].
+    """Sweep train settings: cvtool sweep DATA --out SWEEP (--grid … | --search … --trials N) TRAIN-FLAGS…
 
-    Any `cvtool train` flag after DATA is fixed for every trial; any can be swept. Each trial is a
-    run folder SWEEP/trial-<n>/. Running the same command again continues the study; several
-    processes or machines with one --storage and --study share its trials.
+    Every `cvtool train` flag after DATA is fixed for all trials; any of them can be swept.
+
+    Each trial is a run folder SWEEP/trial-<n>/ (cvtool export, cvtool runs).
+
+    The same command again continues the study; workers sharing --storage and --study share it.
     """
     if importlib.util.find_spec("optuna") is None:
         raise CommandError(SWEEP_EXTRA_HINT)
