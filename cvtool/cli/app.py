@@ -24,6 +24,7 @@ import typer
 
 from cvtool import __version__
 from cvtool.cli import (
+    audit_cmd,
     bundle_cmd,
     calibrate_cmd,
     card_cmd,
@@ -89,6 +90,11 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any], list[str]]] = [
     (app, "evaluate", evaluate_cmd.evaluate, [
         "cvtool evaluate data/fashion-mnist/test --labels data/fashion-mnist/test_labels.csv "
         "-m model.onnx -o eval --failures 50 --occlusion 5",
+    ]),
+    (app, "audit", audit_cmd.audit, [
+        "cvtool audit data/fashion-mnist/train data/fashion-mnist/test "
+        "--labels data/fashion-mnist/test_labels.csv -o audit",
+        "cvtool audit train/ test/ --model model.onnx --similarity 0.98 -o audit",
     ]),
     (app, "cam", explain_cmd.cam, [
         "cvtool cam img1.png img2.png -m model.onnx --target pred -o cam/",

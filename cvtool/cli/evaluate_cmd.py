@@ -71,11 +71,34 @@ def evaluate(
     baseline: BaselineOpt = "mean",
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for picking the random correct images.")] = 0,
+    suspects: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Find suspected label errors (confident learning) and show the first K; "
+            "suspects.csv lists them all.",
+        ),
+    ] = 0,
+    oof: Annotated[
+        Path | None,
+        typer.Option(help="With --suspects: look for them in this out-of-fold CSV (k-fold training)."),
+    ] = None,
+    exclude_leaks: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="AUDIT_DIR",
+            help="A cvtool audit folder of DATA and others: also report the metrics without the "
+            "images that have a twin in another folder.",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Evaluate on labeled images: metrics, confusion matrices, failures, CAMs, occlusion, report.html."""
+    from cvtool.cli.options import OptionError
     from cvtool.evaluation.run import evaluate as run_evaluate
 
+    if oof is not None and suspects == 0:
+        raise OptionError("--oof is where --suspects looks: give --suspects K too")
     m = open_onnx(model, device, card, verbose)
     samples = labeled_files(data, m.card.class_names, labels)
     with progress_bar() as progress:
@@ -91,6 +114,7 @@ def evaluate(
             on_progress=lambda n: progress.advance(task, n),
             failures=failures, occlusion=occlusion, window=window, stride=stride,
             baseline=baseline, report=report, seed=seed, on_task=on_task,
+            suspects=suspects, oof=oof, exclude_leaks=exclude_leaks,
             cam=cam, cam_layer=cam_layer, faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
         )  # fmt: skip
 
@@ -110,6 +134,14 @@ def evaluate(
         f"accuracy {r.accuracy:.4f}" + "".join(f", {e}" for e in extra) + f" on {r.n} images, "
         f"{r.images_per_s:.0f} images/s on {r.provider}"
     )
+    if r.without_leaks is not None:
+        w = r.without_leaks
+        acc = "no image left" if w.accuracy is None else f"{w.accuracy:.4f}"
+        console.print(
+            f"accuracy {r.accuracy:.4f} ({acc} without the {w.excluded} leaked images: "
+            + (", ".join(f"{n} {k}" for k, n in w.by_kind.items() if n) or "none")
+            + f"; listed in {out}/leaked_images.csv)"
+        )
     if r.cam is not None:
         console.print(
             f"class activation maps of {r.cam.images} image(s) at {r.cam.layer} ({r.cam.cells} cells)"
@@ -128,6 +160,11 @@ def evaluate(
         f = r.faithfulness
         console.print(
             faithfulness_table(f"faithfulness, {f['steps']} steps, baseline {f['baseline']}", scored)
+        )
+    if r.suspects is not None:
+        console.print(
+            f"{len(r.suspects.suspects)} suspected label errors among {r.suspects.n} images "
+            f"({r.suspects.source}); listed in {out}/suspects.csv"
         )
     console.print(f"{len(r.failures)} misclassified; most confused: " + (
         ", ".join(f"{t} → {p} ({n})" for t, p, n in r.most_confused[:3]) or "none"

@@ -80,6 +80,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], name_cols: int 
 
 def _summary(r: EvalResult) -> str:
     rows: list[tuple[str, Any]] = [("images", r.n), ("accuracy", f"{r.accuracy:.4f}")]
+    if r.without_leaks is not None:
+        w = r.without_leaks
+        acc = "—" if w.accuracy is None else f"{w.accuracy:.4f}"
+        rows.append((f"accuracy without the {w.excluded} leaked images (see leaked_images.csv)", acc))
     if r.top5_accuracy is not None:
         rows.append(("top-5 accuracy", f"{r.top5_accuracy:.4f}"))
     if r.log_loss is not None:
@@ -142,6 +146,40 @@ def _faithfulness(r: EvalResult, kind: str) -> str:
     return note + _table(
         ["map", "maps", "deletion AUC (lower is better)", "insertion AUC (higher is better)"], rows
     )
+
+
+def _suspects(r: EvalResult, out: Path) -> list[str]:
+    """Suspected label errors: the gallery and the first rows (suspects.csv holds them all)."""
+    s = r.suspects
+    if s is None:
+        return []
+    names = list(r.per_class)
+    parts = [
+        "<h2>Suspected label errors</h2>",
+        f'<p class="muted">Confident learning on {escape(s.source)} ({s.n} images): an image is '
+        "suspect when its probability for another class reaches that class's mean self-confidence "
+        "and the model's top class is not the given one; ranked by p(suspected) − p(given).</p>",
+    ]
+    if not s.suspects:
+        return [*parts, "<p>No suspected label errors.</p>"]
+    if "suspects.png" in r.files:
+        parts.append(_figure(out / "suspects.png", "Given → suspected class, p(given) → p(suspected)"))
+    rows = [
+        (
+            x.rank,
+            Path(x.path).name,
+            names[x.given],
+            names[x.suspected],
+            f"{x.p_given:.3f}",
+            f"{x.p_suspected:.3f}",
+            f"{x.margin:.3f}",
+        )
+        for x in s.suspects[:TABLE_ROWS]
+    ]
+    header = ["rank", "file", "given", "suspected", "p(given)", "p(suspected)", "margin"]
+    parts.append(_table(header, rows, 0))
+    parts.append(f'<p class="muted">{len(s.suspects)} suspects in all; see suspects.csv.</p>')
+    return parts
 
 
 def _cam(r: EvalResult) -> list[str]:
@@ -212,6 +250,7 @@ def write_report(path: str | os.PathLike, result: EvalResult) -> Path:
         _figure(out / "reliability.png", "Accuracy against confidence; the gap is what ECE averages"),
         "<h2>Highest-loss failures</h2>",
         *_failures(r, out),
+        *_suspects(r, out),
         *_cam(r),
         *_occlusion(r),
         "</body></html>",

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from cvtool.evaluation.audit import WithoutLeaks
 from cvtool.evaluation.cam import CamImage
 from cvtool.evaluation.failures import Failure
 from cvtool.evaluation.occlusion import OcclusionMap
+from cvtool.evaluation.suspects import SuspectReport
 
 __all__ = ["CamSettings", "ClassScores", "EvalResult", "OcclusionSettings", "Scores"]
 
@@ -86,6 +88,8 @@ class EvalResult:
     cam_maps: list[CamImage] = field(default_factory=list)
     # Deletion / insertion scoring: steps, seed, baseline and the mean AUCs of each kind of map.
     faithfulness: dict[str, Any] | None = None
+    suspects: SuspectReport | None = None  # None: --suspects not asked for
+    without_leaks: WithoutLeaks | None = None  # None: --exclude-leaks not given
     files: list[str] = field(default_factory=list)  # names written in the output folder ("x/": folder)
 
     def metrics_json(self) -> dict[str, Any]:
@@ -121,4 +125,14 @@ class EvalResult:
             m["cam"] = dataclasses.asdict(self.cam)
         if self.faithfulness is not None:
             m["faithfulness"] = self.faithfulness
+        if self.suspects is not None:
+            s = self.suspects
+            m["suspects"] = {
+                "source": s.source,
+                "n": s.n,
+                "count": len(s.suspects),
+                "thresholds": s.thresholds,
+            }
+        if self.without_leaks is not None:
+            m["without_leaks"] = dataclasses.asdict(self.without_leaks)
         return m

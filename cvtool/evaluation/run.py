@@ -26,6 +26,7 @@ import numpy as np
 from cvtool.atomic import atomic_write_text
 from cvtool.data import LabeledSamples, LabelSource, labeled_files
 from cvtool.errors import CvtoolError
+from cvtool.evaluation.audit import read_leaks, without_leaks
 from cvtool.evaluation.cam import CamModel, cam_maps, open_cam
 from cvtool.evaluation.failures import Failure, rank_failures, write_failures
 from cvtool.evaluation.faithfulness import DEFAULT_STEPS, FaithfulnessSettings, mean_scores
@@ -46,6 +47,7 @@ from cvtool.evaluation.occlusion import (
 from cvtool.evaluation.outputs import fresh_dir, remove_stale, safe_filename, write_csv
 from cvtool.evaluation.plots import plot_confusion_matrix, plot_reliability
 from cvtool.evaluation.result import CamSettings, ClassScores, EvalResult, OcclusionSettings, Scores
+from cvtool.evaluation.suspects import oof_suspects, suspect_report, write_suspects
 from cvtool.infer.pipeline import predict_files
 from cvtool.infer.session import OnnxModel, open_model
 
@@ -74,6 +76,9 @@ OUTPUTS = (
     "failures/",
     "failures.csv",
     "top_losses.png",
+    "suspects.csv",
+    "suspects.png",
+    "leaked_images.csv",
     "occlusion/",
     "cam/",
     "failed_images.csv",
@@ -149,6 +154,9 @@ def evaluate(
     cam_layer: str | None = None,
     faithfulness: bool = False,
     faithfulness_steps: int = DEFAULT_STEPS,
+    suspects: int = 0,
+    oof: str | os.PathLike | None = None,
+    exclude_leaks: str | os.PathLike | None = None,
 ) -> EvalResult:
     """Evaluate `model` (an opened model, or an .onnx path opened with its own card on the best
     device) on `data` and write the outputs listed in the module docstring.
@@ -162,6 +170,11 @@ def evaluate(
     before anything runs, when the model has none). `cam=None`: DEFAULT_CAM when the model has a
     usable feature map (and `cam_layer` is not given), else none. `faithfulness` scores every map
     by deletion and insertion AUC against a random map (`seed`), in `faithfulness_steps` steps.
+
+    `suspects`: find suspected label errors (cvtool/evaluation/suspects.py) in the evaluated
+    images, or in the out-of-fold CSV `oof`, and show the first `suspects`. `exclude_leaks`: an
+    audit folder (cvtool audit) of DATA and others; metrics.json's without_leaks repeats the
+    headline metrics without the evaluated images that have a twin in another folder.
     """
     if not isinstance(model, OnnxModel):
         model = open_model(model)
@@ -177,6 +190,10 @@ def evaluate(
     if samples.classes != names:
         raise ValueError("the labels of `data` must index the model's class names")
     paths, ys, skipped = samples.paths, samples.labels, dict(samples.skipped)
+    # The audit and the OOF file are read before predicting: a wrong one must not cost a run.
+    root = samples.root if samples.root is not None else Path(str(data))
+    leaks = read_leaks(exclude_leaks, root) if exclude_leaks is not None else None
+    oof_report = oof_suspects(oof, names) if suspects > 0 and oof is not None else None
     out.mkdir(parents=True, exist_ok=True)
     if on_start:
         on_start(len(paths))
@@ -228,6 +245,13 @@ def evaluate(
     if failures > 0:
         written = write_failures(out, ranked, names, model.card, failures)
         r.files += ["failures/", "failures.csv"] + (["top_losses.png"] if written.gallery else [])
+    if suspects > 0:
+        r.suspects = oof_report or suspect_report("evaluated images", preds.paths, y_true, probs, names)
+        shown = write_suspects(out, r.suspects, names, model.card, suspects)
+        r.files += ["suspects.csv"] + (["suspects.png"] if shown.gallery else [])
+    if leaks is not None and exclude_leaks is not None:
+        r.without_leaks = without_leaks(exclude_leaks, leaks, preds.paths, y_true, probs, names, out)
+        r.files.append("leaked_images.csv")
     if occlusion > 0 and len(preds.paths):
         picks = _occlusion_picks(ranked, preds.paths, y_true, y_pred, occlusion, seed)
         total = len(picks) * num_positions(model.card.input_size, window, stride)
