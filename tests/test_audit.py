@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from cvtool.cli import app
 from cvtool.contract import ModelCard
-from cvtool.evaluation.audit import AuditError, audit, penultimate_tensor
+from cvtool.evaluation.audit import AuditError, audit
+from cvtool.evaluation.features import penultimate_tensor
 from cvtool.evaluation.imagehash import Components, cosine_pairs, fingerprint, hamming, near_pairs, phash
 from cvtool.evaluation.run import evaluate
 from cvtool.infer.session import open_model

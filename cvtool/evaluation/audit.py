@@ -16,7 +16,7 @@ is a label conflict: the same picture under two classes.
 Outputs in `out_dir`: duplicates.csv (group, kind, file, folder, label, distance, conflict; one
 row per member of each group; files as absolute paths), summary.json (folders, settings, counts,
 the summary lines), audit.html (cvtool/evaluation/audit_report.py) and unreadable.csv when some
-images could not be decoded.
+images could not be decoded. `evaluate --exclude-leaks` reads them back (cvtool/evaluation/leaks.py).
 """
 
 from __future__ import annotations
@@ -34,25 +34,23 @@ from typing import Any, Literal
 import numpy as np
 
 from cvtool.atomic import atomic_write_text
-from cvtool.data import labeled_files, list_images, natural_key, scan_image_folder
+from cvtool.data import labeled_files, list_images, scan_image_folder
 from cvtool.decode import default_workers
 from cvtool.errors import CvtoolError
-from cvtool.evaluation.imagehash import Components, cosine_pairs, fingerprint, near_pairs, phash, thumbnails
+from cvtool.evaluation.features import penultimate_features
+from cvtool.evaluation.imagehash import (
+    MAX_DISTANCE,
+    Components,
+    cosine_pairs,
+    fingerprint,
+    near_pairs,
+    phash,
+    thumbnails,
+)
 from cvtool.evaluation.outputs import remove_stale, write_csv
 from cvtool.images import ImageError, load_image
 
-__all__ = [
-    "KINDS",
-    "AuditError",
-    "AuditFolder",
-    "AuditResult",
-    "Group",
-    "WithoutLeaks",
-    "audit",
-    "leaked_files",
-    "read_leaks",
-    "without_leaks",
-]
+__all__ = ["KINDS", "AuditError", "AuditFolder", "AuditResult", "Group", "audit"]
 
 Kind = Literal["exact", "near", "feature"]
 KINDS: tuple[Kind, ...] = ("exact", "near", "feature")  # strongest first
@@ -279,8 +277,6 @@ def audit(
     html: bool = True,
 ) -> AuditResult:
     """Find exact, near and (with `model`) feature twins in and across `dirs`; write the outputs."""
-    from cvtool.evaluation.imagehash import MAX_DISTANCE
-
     if not 0 <= distance <= MAX_DISTANCE:
         raise AuditError(f"--distance {distance}: must be between 0 and {MAX_DISTANCE} bits")
     if not -1.0 <= similarity <= 1.0:
@@ -337,7 +333,7 @@ def audit(
     found += _expand("near", near_labels, near_best, reps, rep_of, copies)
 
     if model is not None:
-        features = _rep_features(model, [files[r] for r in reps], device, batch_size, workers)
+        features = penultimate_features(model, [files[r] for r in reps], device, batch_size, workers)
         feat = Components(len(reps))
         feat_best = np.full(len(reps), np.inf)
         for pi, pj, sim in cosine_pairs(features, similarity):
@@ -463,157 +459,3 @@ def _write(r: AuditResult, out: Path, html: bool) -> None:
         from cvtool.evaluation.audit_report import write_audit_html
 
         write_audit_html(out / "audit.html", r)
-
-
-def penultimate_tensor(proto: Any) -> str:
-    """The tensor a classifier's last Gemm/MatMul multiplies: its penultimate features."""
-    inits = {i.name for i in proto.graph.initializer}
-    for node in reversed(proto.graph.node):
-        if node.op_type in ("Gemm", "MatMul") and node.input and node.input[0] not in inits:
-            return str(node.input[0])
-    raise AuditError(
-        "the model has no Gemm or MatMul layer; --model needs a classifier whose last layer is linear"
-    )
-
-
-def _rep_features(
-    model_path: str | os.PathLike, paths: list[Path], device: str, batch_size: int, workers: int | None
-) -> np.ndarray:
-    """(N, F) penultimate features of `paths`, through the model card's preprocessing."""
-    import onnxruntime as ort
-
-    from cvtool.decode import decode_batches
-    from cvtool.infer.session import open_model, session_options
-    from cvtool.onnxtools.layers import with_outputs
-    from cvtool.onnxtools.model_file import load_onnx
-
-    m = open_model(model_path, device=device)
-    proto = load_onnx(model_path)
-    try:
-        tensor = penultimate_tensor(proto)
-    except AuditError as e:
-        raise AuditError(f"{model_path}: {e}") from None
-    session = ort.InferenceSession(
-        with_outputs(proto, [tensor]).SerializeToString(),
-        sess_options=session_options(),
-        providers=m.session.get_providers(),
-    )
-    fixed = m.fixed_batch
-    feats: list[np.ndarray] = []
-    for _, batch, failed in decode_batches(paths, m.card, fixed or batch_size, workers):
-        if failed:  # it decoded for hashing a moment ago
-            raise AuditError(
-                f"{next(iter(failed))}: {next(iter(failed.values()))} (while computing features)"
-            )
-        n = len(batch)
-        if fixed and n < fixed:
-            batch = np.concatenate([batch, np.zeros((fixed - n, *batch.shape[1:]), np.float32)])
-        (out,) = session.run([tensor], {m.input_name: batch})
-        feats.append(np.asarray(out, np.float32).reshape(len(batch), -1)[:n])
-    return np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
-
-
-@dataclass(frozen=True)
-class WithoutLeaks:
-    """The headline metrics again, without the evaluated images that have a twin in another
-    audited folder (evaluate's `exclude_leaks`, read from the audit's duplicates.csv)."""
-
-    audit: str  # the audit folder
-    excluded: int  # evaluated images left out
-    by_kind: dict[str, int]  # excluded images by the strongest kind of their twin elsewhere
-    n: int  # images left in
-    accuracy: float | None  # None: every image was excluded
-    macro_f1: float | None
-    top5_accuracy: float | None
-    log_loss: float | None
-
-
-def read_leaks(audit_dir: str | os.PathLike, data: str | os.PathLike) -> dict[str, tuple[str, list[str]]]:
-    """The leaked files of an audit (see `leaked_files`), once checked that it audited `data`."""
-    summary = Path(audit_dir) / "summary.json"
-    try:
-        folders = json.loads(summary.read_text(encoding="utf-8"))["folders"]
-        audited = {os.path.realpath(f["path"]): f["name"] for f in folders}
-    except OSError as e:
-        raise AuditError(
-            f"{summary}: cannot read: {e.strerror or e} (run cvtool audit -o {audit_dir} first)"
-        ) from e
-    except (ValueError, KeyError, TypeError):
-        raise AuditError(f"{summary}: not a summary.json written by cvtool audit") from None
-    if os.path.realpath(data) not in audited:
-        raise AuditError(
-            f"{audit_dir} audited {', '.join(audited.values())}, not {data}: "
-            f"run cvtool audit with {data} among its folders"
-        )
-    return leaked_files(audit_dir)
-
-
-def without_leaks(
-    audit_dir: str | os.PathLike,
-    leaks: dict[str, tuple[str, list[str]]],
-    paths: Sequence[Path],
-    y_true: np.ndarray,
-    probs: np.ndarray,
-    names: list[str],
-    out_dir: str | os.PathLike,
-) -> WithoutLeaks:
-    """Metrics of the images in `paths` without those in `leaks`; writes leaked_images.csv."""
-    from cvtool.evaluation.metrics import classification_metrics, probability_metrics
-
-    hit = [leaks.get(os.path.realpath(p)) for p in paths]
-    left = np.array([h is None for h in hit], bool)
-    by_kind: dict[str, int] = {k: sum(h is not None and h[0] == k for h in hit) for k in KINDS}
-    write_csv(
-        Path(out_dir) / "leaked_images.csv",
-        ["path", "kind", "twin_in"],
-        [[str(p), h[0], " ".join(h[1])] for p, h in zip(paths, hit, strict=True) if h is not None],
-    )
-    y, pr = y_true[left], probs[left]
-    c = classification_metrics(y, pr.argmax(axis=1), names) if len(y) else None
-    pm = probability_metrics(y, pr) if len(y) else {}
-    return WithoutLeaks(
-        audit=str(audit_dir),
-        excluded=int((~left).sum()),
-        by_kind=by_kind,
-        n=int(left.sum()),
-        accuracy=None if c is None else float(c["accuracy"]),
-        macro_f1=None if c is None else float(c["macro"]["f1"]),
-        top5_accuracy=pm.get("top5_accuracy"),
-        log_loss=pm.get("log_loss"),
-    )
-
-
-def leaked_files(audit_dir: str | os.PathLike) -> dict[str, tuple[str, list[str]]]:
-    """{real path: (strongest kind, other folders)} of every file in AUDIT_DIR/duplicates.csv that has
-    a twin in another folder."""
-    import csv
-
-    path = Path(audit_dir) / "duplicates.csv"
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise AuditError(
-            f"{path}: cannot read: {e.strerror or e} (run cvtool audit -o {audit_dir} first)"
-        ) from e
-    need = {"group", "kind", "file", "folder"}
-    if rows and not need <= set(rows[0]):
-        raise AuditError(f"{path}: not a duplicates.csv written by cvtool audit (needs {sorted(need)})")
-    groups: dict[str, list[dict[str, str]]] = {}
-    for row in rows:
-        groups.setdefault(row["group"], []).append(row)
-    out: dict[str, tuple[str, list[str]]] = {}
-    for members in groups.values():
-        present = {m["folder"] for m in members}
-        if len(present) < 2:
-            continue
-        for m in members:
-            key = os.path.realpath(m["file"])
-            kind = m["kind"]
-            others = sorted(present - {m["folder"]}, key=natural_key)
-            if key in out:
-                old_kind, old_others = out[key]
-                kind = min(kind, old_kind, key=lambda k: KINDS.index(k) if k in KINDS else 9)
-                others = sorted(set(others) | set(old_others), key=natural_key)
-            out[key] = (kind, others)
-    return out

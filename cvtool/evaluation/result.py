@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from cvtool.evaluation.audit import WithoutLeaks
 from cvtool.evaluation.cam import CamImage
 from cvtool.evaluation.failures import Failure
+from cvtool.evaluation.leaks import WithoutLeaks
 from cvtool.evaluation.occlusion import OcclusionMap
 from cvtool.evaluation.suspects import SuspectReport
 

@@ -26,10 +26,10 @@ import numpy as np
 from cvtool.atomic import atomic_write_text
 from cvtool.data import LabeledSamples, LabelSource, labeled_files
 from cvtool.errors import CvtoolError
-from cvtool.evaluation.audit import read_leaks, without_leaks
 from cvtool.evaluation.cam import CamModel, cam_maps, open_cam
 from cvtool.evaluation.failures import Failure, rank_failures, write_failures
 from cvtool.evaluation.faithfulness import DEFAULT_STEPS, FaithfulnessSettings, mean_scores
+from cvtool.evaluation.leaks import read_leaks, without_leaks
 from cvtool.evaluation.metrics import (
     classification_metrics,
     most_confused,
