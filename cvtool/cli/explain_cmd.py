@@ -4,7 +4,6 @@ without torch."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -31,7 +30,7 @@ from cvtool.cli.options import (
     card_options,
     label_options,
 )
-from cvtool.data import LabelSource, true_labels
+from cvtool.data import LabelSource
 
 if TYPE_CHECKING:
     from cvtool.evaluation.faithfulness import Faithfulness
@@ -151,19 +150,13 @@ def occlusion(
     (the raw map at the model's input size), plus occlusion.csv (with --faithfulness, the deletion
     and insertion AUC of the drop in p(target), pixels set to the same baseline).
     """
-    from cvtool.evaluation.explain import occlusion_requests
+    from cvtool.evaluation.explain import map_requests
     from cvtool.evaluation.faithfulness import FaithfulnessSettings
     from cvtool.evaluation.occlusion import OcclusionMap, num_positions, occlusion_maps, resolve_window
 
     m = open_onnx(model, device, card, verbose)
     window, stride = resolve_window(m.card.input_size, window, stride)
-    if target == "true" and labels.layout != "folders":
-        # True classes from the CSV or the file names, the way training and evaluate read them.
-        requests = occlusion_requests(images, m.card.class_names, "pred")
-        truth = true_labels([q.path for q in requests], labels, m.card.class_names)
-        requests = [replace(q, targets=(k,), true=k) for q, k in zip(requests, truth, strict=True)]
-    else:
-        requests = occlusion_requests(images, m.card.class_names, target)
+    requests = map_requests(images, m.card.class_names, target, labels)
 
     def show(occ: OcclusionMap) -> None:
         c = occ.classes[0]
