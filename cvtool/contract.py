@@ -154,7 +154,7 @@ class ModelCard:
                 raise CardError(f"card calibration method must be 'temperature', got {cal.get('method')!r}")
             temperature = cal.get("temperature")
             if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
-                raise CardError(f"card calibration temperature must be a positive number, got {temperature!r}")
+                raise CardError(f"card calibration temperature must be positive, got {temperature!r}")
             if self.output != "logits":
                 raise CardError("card calibration needs output 'logits' (a temperature divides logits)")
 
