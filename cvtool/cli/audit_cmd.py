@@ -41,8 +41,13 @@ def audit(
     ] = None,
     similarity: Annotated[
         float,
-        typer.Option(min=-1.0, max=1.0, help="With --model: least cosine similarity of feature twins."),
-    ] = 0.95,
+        typer.Option(
+            min=-1.0,
+            max=1.0,
+            help="With --model: least cosine similarity of feature twins (a classifier's features "
+            "group a class: on Fashion-MNIST 0.95 paired 89 % of the test images).",
+        ),
+    ] = 0.998,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = None,
