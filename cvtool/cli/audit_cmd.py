@@ -67,7 +67,7 @@ def audit(
             html=html,
         )  # fmt: skip
     for f in r.folders:
-        console.print(f"{f.name}: {f.images} images" + ("" if f.labeled else ", unlabeled"))
+        console.print(f"{f.name}: {f.images} image(s)" + ("" if f.labeled else ", unlabeled"))
         for reason, n in f.skipped.items():
             console.print(f"  {reason}: {n}")
     for line in r.summary_lines():
