@@ -104,3 +104,22 @@ def test_folds_refuse_a_subset_or_a_validation_folder(tmp_path):
     assert r.exit_code == 2 and "drop --subset" in r.output
     r = runner.invoke(app, [*base, "--val-dir", str(data)])
     assert r.exit_code == 2 and "drop --val-dir" in r.output
+
+
+def test_evaluate_the_out_of_fold_predictions_without_a_model(cv_run, tmp_path):
+    _, run, _ = cv_run
+    out = tmp_path / "eval"
+    r = runner.invoke(app, ["evaluate", "--oof", str(run / "oof.csv"), "-o", str(out), "--suspects", "5",
+                            "--failures", "3"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    table = read_oof(run / "oof.csv", CLASSES)
+    metrics = json.loads((out / "metrics.json").read_text())
+    # The pooled CV accuracy: every training image once, as its own fold's model scored it.
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(table.probs.argmax(1) == table.labels)))
+    assert metrics["n"] == 27 and metrics["model"].startswith("out-of-fold predictions")
+    assert len(list(csv.reader(open(out / "per_image.csv")))) == 27 + 1
+    assert (out / "report.html").is_file() and (out / "suspects.csv").is_file()
+    r = runner.invoke(app, ["evaluate", "--oof", str(run / "oof.csv"), "-o", str(out), "--occlusion", "2"])
+    assert r.exit_code == 2 and "give --model" in r.output
+    r = runner.invoke(app, ["evaluate", "-o", str(out)])
+    assert r.exit_code == 2 and "--oof" in r.output

@@ -20,7 +20,6 @@ from cvtool.cli.explain_options import (
 from cvtool.cli.options import (
     BatchOpt,
     DeviceOpt,
-    ModelOpt,
     VerboseOpt,
     WorkersOpt,
     card_options,
@@ -33,10 +32,13 @@ from cvtool.data import LabelSource, labeled_files
 @label_options
 def evaluate(
     data: Annotated[
-        Path,
+        Path | None,
         typer.Argument(help="DATA/<class>/<image>, or images labeled by --labels or --label-pattern."),
-    ],
-    model: ModelOpt,
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="ONNX model file (without one: --oof RUN/oof.csv).")
+    ] = None,
+    *,
     card: dict[str, Any],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the results.")] = Path("runs/eval"),
     labels: LabelSource = LabelSource(),
@@ -81,7 +83,10 @@ def evaluate(
     ] = 0,
     oof: Annotated[
         Path | None,
-        typer.Option(help="With --suspects: look for them in this out-of-fold CSV (k-fold training)."),
+        typer.Option(
+            help="Out-of-fold CSV (train --folds): with --model, where --suspects looks; without, "
+            "evaluate these cross-validation predictions themselves."
+        ),
     ] = None,
     exclude_leaks: Annotated[
         Path | None,
@@ -97,8 +102,19 @@ def evaluate(
     from cvtool.cli.options import OptionError
     from cvtool.evaluation.run import evaluate as run_evaluate
 
-    if oof is not None and suspects == 0:
-        raise OptionError("--oof is where --suspects looks: give --suspects K too")
+    if model is None and oof is None:
+        raise OptionError("give --model (or --oof RUN/oof.csv to evaluate out-of-fold predictions)")
+    if model is not None and oof is not None and suspects == 0:
+        raise OptionError("--oof with --model is where --suspects looks: give --suspects K too")
+    if model is None:
+        r = run_evaluate(
+            None, None, out, failures=failures, occlusion=occlusion, cam=cam,
+            faithfulness=faithfulness, suspects=suspects, oof=oof, report=report,
+        )  # fmt: skip
+        _show(r, str(oof), out)
+        return
+    if data is None:
+        raise OptionError("give the DATA folder to evaluate the model on")
     m = open_onnx(model, device, card, verbose)
     samples = labeled_files(data, m.card.class_names, labels)
     with progress_bar() as progress:
@@ -118,7 +134,21 @@ def evaluate(
             cam=cam, cam_layer=cam_layer, faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
         )  # fmt: skip
 
-    table = Table(title=f"{data} — {r.n} images")
+    _show(r, str(data), out)
+    console.print(f"labels: {samples.describe()}")
+    for line in samples.notes():  # passed over: counted, the first few named
+        console.print(f"  {line}")
+    if r.unreadable:
+        err_console.print(
+            f"{len(r.unreadable)} image(s) could not be read and are excluded from the metrics; "
+            f"listed in {out}/failed_images.csv"
+        )
+        raise typer.Exit(1)
+
+
+def _show(r: Any, title: str, out: Path) -> None:
+    """The per-class table, the headline metrics and what was written."""
+    table = Table(title=f"{title} — {r.n} images")
     for col in ("class", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, c in r.per_class.items():
@@ -170,12 +200,3 @@ def evaluate(
         ", ".join(f"{t} → {p} ({n})" for t, p, n in r.most_confused[:3]) or "none"
     ))  # fmt: skip
     console.print(f"results in {out}/: {', '.join(r.files)}")
-    console.print(f"labels: {samples.describe()}")
-    for line in samples.notes():  # passed over: counted, the first few named
-        console.print(f"  {line}")
-    if r.unreadable:
-        err_console.print(
-            f"{len(r.unreadable)} image(s) could not be read and are excluded from the metrics; "
-            f"listed in {out}/failed_images.csv"
-        )
-        raise typer.Exit(1)

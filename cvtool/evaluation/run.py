@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from cvtool.atomic import atomic_write_text
+from cvtool.contract import ModelCard
 from cvtool.data import LabeledSamples, LabelSource, labeled_files
 from cvtool.errors import CvtoolError
 from cvtool.evaluation.cam import CamModel, cam_maps, open_cam
@@ -44,11 +45,12 @@ from cvtool.evaluation.occlusion import (
     occlusion_maps,
     resolve_window,
 )
+from cvtool.evaluation.oof import read_oof
 from cvtool.evaluation.outputs import fresh_dir, remove_stale, safe_filename, write_csv
 from cvtool.evaluation.plots import plot_confusion_matrix, plot_reliability
 from cvtool.evaluation.result import CamSettings, ClassScores, EvalResult, OcclusionSettings, Scores
-from cvtool.evaluation.suspects import oof_suspects, suspect_report, write_suspects
-from cvtool.infer.pipeline import predict_files
+from cvtool.evaluation.suspects import SuspectReport, oof_suspects, suspect_report, write_suspects
+from cvtool.infer.pipeline import Predictions, predict_files
 from cvtool.infer.session import OnnxModel, open_model
 
 __all__ = ["DEFAULT_CAM", "OUTPUTS", "EvalResult", "TaskStarter", "evaluate"]
@@ -84,6 +86,10 @@ OUTPUTS = (
     "failed_images.csv",
     "report.html",
 )
+
+
+class EvaluationError(CvtoolError, ValueError):
+    """What to evaluate is missing or contradicts itself (no model and no out-of-fold CSV, …)."""
 
 
 def _per_image_rows(
@@ -133,8 +139,8 @@ def _open_cam(model: OnnxModel, cam: int | None, layer: str | None) -> CamModel 
 
 
 def evaluate(
-    model: OnnxModel | str | os.PathLike,
-    data: str | os.PathLike | LabeledSamples,
+    model: OnnxModel | str | os.PathLike | None,
+    data: str | os.PathLike | LabeledSamples | None,
     out_dir: str | os.PathLike,
     labels_csv: str | os.PathLike | LabelSource | None = None,
     batch_size: int = 64,
@@ -175,9 +181,20 @@ def evaluate(
     images, or in the out-of-fold CSV `oof`, and show the first `suspects`. `exclude_leaks`: an
     audit folder (cvtool audit) of DATA and others; metrics.json's without_leaks repeats the
     headline metrics without the evaluated images that have a twin in another folder.
+
+    `model=None` with `oof`: the evaluation of the out-of-fold predictions themselves (k-fold
+    training's CV predictions; no model is run, so no maps, and `data` is not read).
     """
+    if model is None:
+        if oof is None:
+            raise EvaluationError("evaluate needs a model, or an out-of-fold CSV (--oof) to evaluate")
+        if occlusion or cam or faithfulness:
+            raise EvaluationError("--occlusion, --cam and --faithfulness run a model: give --model")
+        return _evaluate_predictions(oof, out_dir, failures=failures, suspects=suspects, report=report)
     if not isinstance(model, OnnxModel):
         model = open_model(model)
+    if data is None:
+        raise EvaluationError("give the DATA folder to evaluate the model on")
     # Settings are checked before anything runs: a bad window must not cost a whole prediction.
     window, stride = resolve_window(model.card.input_size, window, stride)
     baseline = check_baseline(baseline)
@@ -198,7 +215,68 @@ def evaluate(
     if on_start:
         on_start(len(paths))
     preds = predict_files(model, paths, batch_size, workers, on_progress)
-    label_of = dict(zip(paths, ys, strict=True))
+    return _write_outputs(
+        preds, dict(zip(paths, ys, strict=True)), names, model.card, str(model.path),
+        str(samples.root if isinstance(data, LabeledSamples) else data), skipped, out,
+        model=model, failures=failures, occlusion=occlusion, window=window, stride=stride,
+        baseline=baseline, report=report, seed=seed, on_task=on_task, split=split, cam=cam,
+        faith=faith, suspects=suspects, oof_report=oof_report, leaks=leaks,
+        exclude_leaks=exclude_leaks, batch_size=batch_size,
+    )  # fmt: skip
+
+
+def _evaluate_predictions(
+    oof: str | os.PathLike, out_dir: str | os.PathLike, *, failures: int, suspects: int, report: bool
+) -> EvalResult:
+    """The evaluation of an out-of-fold CSV's probabilities (nothing is run)."""
+    table = read_oof(oof)
+    names = list(table.class_names)
+    base = Path(oof).parent  # paths as training listed them; a moved run folder: next to the CSV
+    paths = [Path(p if os.path.isabs(p) or os.path.exists(p) else base / p) for p in table.paths]
+    preds = Predictions(paths=paths, probs=table.probs, provider="out-of-fold predictions")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report_of = suspect_report(str(oof), paths, table.labels, table.probs, names) if suspects > 0 else None
+    # Thumbnails of failures and suspects only: a card with the classes and default preprocessing.
+    display = ModelCard(class_names=tuple(names))
+    return _write_outputs(
+        preds, dict(zip(paths, table.labels.tolist(), strict=True)), names, display,
+        f"out-of-fold predictions ({oof})", str(oof), {}, out, model=None, failures=failures,
+        occlusion=0, window=None, stride=None, baseline="mean", report=report, seed=0, on_task=None,
+        split=None, cam=0, faith=None, suspects=suspects, oof_report=report_of, leaks=None,
+        exclude_leaks=None, batch_size=64,
+    )  # fmt: skip
+
+
+def _write_outputs(
+    preds: Predictions,
+    label_of: dict[Path, int],
+    names: list[str],
+    card: ModelCard,
+    model_name: str,
+    data_name: str,
+    skipped: dict[str, int],
+    out: Path,
+    *,
+    model: OnnxModel | None,
+    failures: int,
+    occlusion: int,
+    window: int | None,
+    stride: int | None,
+    baseline: str,
+    report: bool,
+    seed: int,
+    on_task: TaskStarter | None,
+    split: CamModel | None,
+    cam: int | None,
+    faith: FaithfulnessSettings | None,
+    suspects: int,
+    oof_report: SuspectReport | None,
+    leaks: Any,
+    exclude_leaks: str | os.PathLike | None,
+    batch_size: int,
+) -> EvalResult:
+    """Metrics, figures and the report from predictions; maps when a model is there to run."""
     y_true = np.array([label_of[p] for p in preds.paths], dtype=np.int64)
     probs = preds.probs
     y_pred = probs.argmax(axis=1) if len(preds.paths) else np.zeros(0, np.int64)
@@ -218,8 +296,8 @@ def evaluate(
         log_loss=pm.get("log_loss"),
         expected_calibration_error=pm.get("expected_calibration_error"),
         ece_bins=pm.get("ece_bins"),
-        model=str(model.path),
-        data=str(samples.root if isinstance(data, LabeledSamples) else data),
+        model=model_name,
+        data=data_name,
         provider=preds.provider,
         images_per_s=preds.images_per_second,
         reliability=reliability_bins(y_true, probs),
@@ -243,16 +321,16 @@ def evaluate(
     r.files = list(ALWAYS)  # metrics.json is written last, with the occlusion settings
 
     if failures > 0:
-        written = write_failures(out, ranked, names, model.card, failures)
+        written = write_failures(out, ranked, names, card, failures)
         r.files += ["failures/", "failures.csv"] + (["top_losses.png"] if written.gallery else [])
     if suspects > 0:
         r.suspects = oof_report or suspect_report("evaluated images", preds.paths, y_true, probs, names)
-        shown = write_suspects(out, r.suspects, names, model.card, suspects)
+        shown = write_suspects(out, r.suspects, names, card, suspects)
         r.files += ["suspects.csv"] + (["suspects.png"] if shown.gallery else [])
     if leaks is not None and exclude_leaks is not None:
         r.without_leaks = without_leaks(exclude_leaks, leaks, preds.paths, y_true, probs, names, out)
         r.files.append("leaked_images.csv")
-    if occlusion > 0 and len(preds.paths):
+    if model is not None and window is not None and stride is not None and occlusion > 0 and len(preds.paths):
         picks = _occlusion_picks(ranked, preds.paths, y_true, y_pred, occlusion, seed)
         total = len(picks) * num_positions(model.card.input_size, window, stride)
         advance = on_task("occlusion", total) if on_task else None
