@@ -122,6 +122,17 @@ def test_calibrated_model_scores_a_lower_log_loss_on_held_out_data(overconfident
         losses[name] = (metrics["log_loss"], metrics["accuracy"])
     assert losses["calibrated"][0] < losses["plain"][0]
     assert losses["calibrated"][1] == losses["plain"][1]  # the argmax cannot change
+    # The calibrated model's report shows the reliability before and after its temperature: the
+    # "before" figures are exactly the uncalibrated file's on the same images.
+    metrics = json.loads((tmp_path / "eval_calibrated" / "metrics.json").read_text())
+    assert metrics["uncalibrated"]["log_loss"] == pytest.approx(losses["plain"][0], rel=1e-5)
+    assert (tmp_path / "eval_calibrated" / "reliability_uncalibrated.png").is_file()
+    assert not (tmp_path / "eval_plain" / "reliability_uncalibrated.png").exists()
+    ev = tmp_path / "eval_report"
+    args = ["evaluate", str(images), "--labels", str(d / "held.csv"), "-m", str(out), "-o", str(ev)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "Before calibration: log loss" in (ev / "report.html").read_text()
 
 
 def test_calibrate_on_out_of_fold_predictions(tmp_path):

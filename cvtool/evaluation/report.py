@@ -60,6 +60,23 @@ def _img(path: str | os.PathLike, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
 
 
+def _calibration(r: EvalResult, out: Path) -> str:
+    """The reliability diagram; with a calibrated card, before and after its temperature."""
+    after = _figure(out / "reliability.png", "Accuracy against confidence; the gap is what ECE averages")
+    if r.uncalibrated is None:
+        return after
+    u = r.uncalibrated
+    before = _figure(
+        out / "reliability_uncalibrated.png",
+        f"Before calibration: log loss {u['log_loss']:.4f}, ECE {u['expected_calibration_error']:.4f}",
+    )
+    note = (
+        f'<p class="muted">The card divides the logits by T = {u["temperature"]:.4g} (cvtool calibrate); '
+        f"after it: log loss {r.log_loss or 0:.4f}, ECE {r.expected_calibration_error or 0:.4f}.</p>"
+    )
+    return f'<div class="grid">{before}{after}</div>{note}'
+
+
 def _figure(path: str | os.PathLike | None, caption: str) -> str:
     if path is None or not Path(path).is_file():
         return ""
@@ -247,7 +264,7 @@ def write_report(path: str | os.PathLike, result: EvalResult) -> Path:
         else "<p>No misclassified images.</p>",
         f'<p class="muted">{len(confused)} pairs in all{see_confused}.</p>' if confused else "",
         "<h2>Calibration</h2>",
-        _figure(out / "reliability.png", "Accuracy against confidence; the gap is what ECE averages"),
+        _calibration(r, out),
         "<h2>Highest-loss failures</h2>",
         *_failures(r, out),
         *_suspects(r, out),

@@ -88,6 +88,9 @@ class EvalResult:
     cam_maps: list[CamImage] = field(default_factory=list)
     # Deletion / insertion scoring: steps, seed, baseline and the mean AUCs of each kind of map.
     faithfulness: dict[str, Any] | None = None
+    # A calibrated card: the same metrics and bins without its temperature (the reliability
+    # diagram before calibration); None for an uncalibrated model.
+    uncalibrated: dict[str, Any] | None = None
     suspects: SuspectReport | None = None  # None: --suspects not asked for
     without_leaks: WithoutLeaks | None = None  # None: --exclude-leaks not given
     files: list[str] = field(default_factory=list)  # names written in the output folder ("x/": folder)
@@ -119,6 +122,8 @@ class EvalResult:
                 "reliability": self.reliability,
             }
         )
+        if self.uncalibrated is not None:
+            m["uncalibrated"] = self.uncalibrated
         if self.occlusion is not None:
             m["occlusion"] = dataclasses.asdict(self.occlusion)
         if self.cam is not None:

@@ -52,6 +52,7 @@ from cvtool.evaluation.result import CamSettings, ClassScores, EvalResult, Occlu
 from cvtool.evaluation.suspects import SuspectReport, oof_suspects, suspect_report, write_suspects
 from cvtool.infer.pipeline import Predictions, predict_files
 from cvtool.infer.session import OnnxModel, open_model
+from cvtool.softmax import softmax
 
 __all__ = ["DEFAULT_CAM", "OUTPUTS", "EvalResult", "TaskStarter", "evaluate"]
 
@@ -75,6 +76,7 @@ ALWAYS = (
 )
 OUTPUTS = (
     *ALWAYS,
+    "reliability_uncalibrated.png",
     "failures/",
     "failures.csv",
     "top_losses.png",
@@ -318,7 +320,23 @@ def _write_outputs(
     plot_confusion_matrix(cm, names, out / "confusion_matrix.png")
     plot_confusion_matrix(cm, names, out / "confusion_matrix_normalized.png", normalize=True)
     plot_reliability(r.reliability, r.expected_calibration_error or 0.0, out / "reliability.png")
+    if card.calibration and len(y_true):
+        # p = softmax(z / T), so softmax(T · log p) = softmax(z): the probabilities before calibration.
+        raw = softmax(np.log(np.clip(probs, 1e-30, 1.0)) * np.float32(card.temperature))
+        before = probability_metrics(y_true, raw)
+        r.uncalibrated = {
+            "temperature": card.temperature,
+            "log_loss": before["log_loss"],
+            "expected_calibration_error": before["expected_calibration_error"],
+            "reliability": reliability_bins(y_true, raw),
+        }
+        plot_reliability(
+            r.uncalibrated["reliability"], before["expected_calibration_error"],
+            out / "reliability_uncalibrated.png",
+        )  # fmt: skip
     r.files = list(ALWAYS)  # metrics.json is written last, with the occlusion settings
+    if r.uncalibrated is not None:
+        r.files.append("reliability_uncalibrated.png")
 
     if failures > 0:
         written = write_failures(out, ranked, names, card, failures)
