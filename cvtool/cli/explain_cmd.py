@@ -33,7 +33,7 @@ from cvtool.cli.options import (
 from cvtool.data import LabelSource
 
 if TYPE_CHECKING:
-    from cvtool.evaluation.faithfulness import Faithfulness
+    from cvtool.evaluation.faithfulness import Faithfulness, FaithfulnessSettings
 
 
 def faithfulness_table(title: str, methods: Sequence[tuple[str, Sequence[Faithfulness]]]) -> Table:
@@ -108,10 +108,17 @@ def cam(
         )  # fmt: skip
     p = split.point
     console.print(f"{len(maps)} map(s) from {p.name}, {p.height}×{p.width} cells, in {out}/")
+    _finish("cam", maps, faith, baseline, failed)
+
+
+def _finish(
+    kind: str, maps: list[Any], faith: FaithfulnessSettings | None, baseline: str, failed: dict[Path, str]
+) -> None:
+    """What cam and occlusion print at the end: the faithfulness means, then the unreadable images."""
     if faith and maps:
-        scores = [c.faithfulness for im in maps for c in im.classes if c.faithfulness]
+        scores = [c.faithfulness for m in maps for c in m.classes if c.faithfulness]
         title = f"faithfulness, {faith.steps} steps, baseline {baseline}"
-        console.print(faithfulness_table(title, [("cam", scores)]))
+        console.print(faithfulness_table(title, [(kind, scores)]))
     if failed:
         for path, reason in failed.items():
             err_console.print(f"{path}: {reason}")
@@ -178,15 +185,7 @@ def occlusion(
     console.print(
         f"{len(maps)} map(s), {window}-pixel window, stride {stride}, baseline {baseline}, in {out}/"
     )
-    if faith and maps:
-        scores = [c.faithfulness for occ in maps for c in occ.classes if c.faithfulness]
-        title = f"faithfulness, {faith.steps} steps, baseline {baseline}"
-        console.print(faithfulness_table(title, [("occlusion (drop in p)", scores)]))
-    if failed:
-        for path, reason in failed.items():
-            err_console.print(f"{path}: {reason}")
-        err_console.print(f"{len(failed)} image(s) could not be read")
-        raise typer.Exit(1)
+    _finish("occlusion (drop in p)", maps, faith, baseline, failed)
 
 
 def filters(
