@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,40 +75,12 @@ def time_case(name: str, onnx_path: Path, x: np.ndarray, repeat: int) -> dict:
 
 
 def resnet_case(repeat: int) -> dict:
-    import torch
-    from torchvision.models import resnet18
+    from resnet_file import random_resnet18, smooth_picture
 
-    from cvtool.contract import ModelCard
-    from cvtool.onnxtools.card_edit import write_card
-    from cvtool.onnxtools.model_file import load_onnx, save_onnx
-
-    torch.manual_seed(0)
-    net = resnet18(weights=None).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "resnet18.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                net, (torch.randn(2, 3, 224, 224),), str(path), dynamo=True, input_names=["input"],
-                output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                opset_version=18, external_data=False, verbose=False,
-            )  # fmt: skip
-        card = ModelCard(
-            class_names=tuple(f"class_{i}" for i in range(1000)),
-            channels=3,
-            input_size=(224, 224),
-            mean=(0.485, 0.456, 0.406),
-            std=(0.229, 0.224, 0.225),
-        )
-        save_onnx(write_card(load_onnx(path), card), path)
-        # The same smooth synthetic picture as bench/occlusion_vs_captum.py, ImageNet-normalised.
-        yy, xx = np.mgrid[0:224, 0:224] / 224.0
-        img = np.stack([xx, yy, 0.5 * (xx + yy)]) * 0.6
-        img += 0.4 * (((xx - 0.55) ** 2 + (yy - 0.45) ** 2) < 0.05)
-        x = ((img - np.array(card.mean)[:, None, None]) / np.array(card.std)[:, None, None]).astype(
-            np.float32
-        )
-        return time_case("ResNet-18 (random weights)", path, x, repeat)
+        random_resnet18(path)
+        return time_case("ResNet-18 (random weights)", path, smooth_picture(), repeat)
 
 
 def demo_case(onnx_path: Path, repeat: int, n_faith: int) -> dict | None:

@@ -29,7 +29,6 @@ import platform
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -124,26 +123,12 @@ def compare(name: str, net: torch.nn.Module, onnx_path: Path, x: np.ndarray, win
 
 
 def resnet_case(batch: int, repeat: int) -> dict:
-    from torchvision.models import resnet18
+    from resnet_file import random_resnet18, smooth_picture
 
-    torch.manual_seed(0)
-    net = resnet18(weights=None).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "resnet18.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                net, (torch.randn(2, 3, 224, 224),), str(path), dynamo=True, input_names=["input"],
-                output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                opset_version=18, external_data=False, verbose=False,
-            )  # fmt: skip
-        # A smooth synthetic picture (seeded): a bright disc on a gradient, ImageNet-normalised.
-        yy, xx = np.mgrid[0:224, 0:224] / 224.0
-        img = np.stack([xx, yy, 0.5 * (xx + yy)]) * 0.6
-        img += 0.4 * (((xx - 0.55) ** 2 + (yy - 0.45) ** 2) < 0.05)
-        mean = np.array([0.485, 0.456, 0.406])[:, None, None]
-        std = np.array([0.229, 0.224, 0.225])[:, None, None]
-        x = ((img - mean) / std).astype(np.float32)
+        net, _ = random_resnet18(path)
+        x = smooth_picture()
         return compare("ResNet-18 (random weights)", net, path, x, 28, 14, batch, repeat, floor=True)
 
 

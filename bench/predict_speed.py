@@ -67,33 +67,9 @@ def make_resnet18(path: Path) -> Path:
     """torchvision ResNet-18 (seeded random weights, 10 classes) exported with a cvtool card."""
     if path.exists():
         return path
-    import onnx
-    import torch
-    import torchvision
+    from resnet_file import random_resnet18
 
-    from cvtool.contract import ModelCard
-    from cvtool.export.onnx_export import attach_card
-
-    torch.manual_seed(0)
-    net = torchvision.models.resnet18(num_classes=10).eval()
-    card = ModelCard(class_names=[f"c{i}" for i in range(10)], input_size=(224, 224))
-    with tempfile.TemporaryDirectory() as tmp:
-        f = Path(tmp) / "m.onnx"
-        torch.onnx.export(
-            net,
-            (torch.zeros(1, 3, 224, 224),),
-            str(f),
-            dynamo=True,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            opset_version=18,
-            external_data=False,
-            verbose=False,
-        )
-        proto = attach_card(onnx.load(str(f)), card)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(path))
+    random_resnet18(path, num_classes=10)
     return path
 
 
