@@ -18,7 +18,6 @@ For a head that is global average pooling + a linear layer, copy (i, j)'s logit 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -39,7 +38,7 @@ from cvtool.evaluation.faithfulness import (
     faithfulness,
 )
 from cvtool.evaluation.occlusion import MapRequest, baseline_for, check_baseline, default_window, load_input
-from cvtool.evaluation.outputs import safe_filename, write_csv
+from cvtool.evaluation.outputs import relocated, safe_filename, write_csv
 from cvtool.images import ImageError
 from cvtool.infer.session import OnnxModel, session_options
 from cvtool.onnxtools.model_file import load_onnx
@@ -268,8 +267,7 @@ class CamImage:
 
     def moved_to(self, folder: Path) -> CamImage:
         """The same maps with their files' paths in `folder` (after their folder was renamed)."""
-        classes = tuple(dataclasses.replace(c, npy=folder / c.npy.name) for c in self.classes)
-        return dataclasses.replace(self, png=folder / self.png.name, classes=classes)
+        return relocated(self, folder)
 
 
 def save_cam(

@@ -35,7 +35,7 @@ from cvtool.evaluation.faithfulness import (
     FaithfulnessSettings,
     faithfulness,
 )
-from cvtool.evaluation.outputs import safe_filename, write_csv
+from cvtool.evaluation.outputs import relocated, safe_filename, write_csv
 from cvtool.images import ImageError, load_image, preprocess, resize_and_crop
 
 __all__ = [
@@ -349,8 +349,7 @@ class OcclusionMap:
 
     def moved_to(self, folder: Path) -> OcclusionMap:
         """The same maps with their files' paths in `folder` (after their folder was renamed)."""
-        classes = tuple(dataclasses.replace(c, npy=folder / c.npy.name) for c in self.classes)
-        return dataclasses.replace(self, png=folder / self.png.name, classes=classes)
+        return relocated(self, folder)
 
 
 def _class_map(

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from cvtool.atomic import atomic_write_csv
 
-__all__ = ["fresh_dir", "remove_stale", "safe_filename", "write_csv"]
+__all__ = ["fresh_dir", "relocated", "remove_stale", "safe_filename", "write_csv"]
 
 
 # Header + rows, written atomically; kept under this name for the evaluate modules.
@@ -67,3 +69,14 @@ def remove_stale(folder: str | os.PathLike, known: Collection[str], written: Col
             continue
         removed.append(name)
     return removed
+
+
+M = TypeVar("M")
+
+
+def relocated(item: M, folder: Path) -> M:
+    """A map record (a `png` and `classes` each with an `npy`) with its files' paths in `folder`:
+    maps are written into fresh_dir's temporary folder, which is then renamed into place."""
+    record: Any = item  # CamImage or OcclusionMap: the same two fields
+    classes = tuple(dataclasses.replace(c, npy=folder / c.npy.name) for c in record.classes)
+    return cast(M, dataclasses.replace(record, png=folder / record.png.name, classes=classes))
