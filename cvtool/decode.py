@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +23,7 @@ import numpy as np
 
 from cvtool.contract import ModelCard
 from cvtool.images import ImageError, load_image
+from cvtool.timing import StageTimes
 from cvtool.tta import num_views, views_into
 
 __all__ = ["decode_batches", "decode_only", "decoded", "default_workers"]
@@ -37,8 +39,12 @@ def default_workers() -> int:
 
 def _decode_batch(
     paths: Sequence[Path], cards: Sequence[ModelCard], tta: str
-) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]]]:
-    """Decode files into one (n_ok, V, C, H, W) float32 array per card; runs in a worker thread."""
+) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]], float, float]:
+    """Decode files into one (n_ok, V, C, H, W) float32 array per card; runs in a worker thread.
+
+    Also returns the task's CPU and wall seconds (for StageTimes).
+    """
+    cpu0, wall0 = time.thread_time(), time.perf_counter()
     v = num_views(tta)
     bufs = [np.empty((len(paths), v, c.channels, *c.input_size), np.float32) for c in cards]
     ok: list[int] = []
@@ -51,7 +57,8 @@ def _decode_batch(
             ok.append(i)
         except ImageError as e:
             failed.append((i, e.reason))
-    return [b[: len(ok)] for b in bufs], ok, failed
+    cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+    return [b[: len(ok)] for b in bufs], ok, failed, cpu, wall
 
 
 def _batched(items: Iterable[Path], n: int) -> Iterator[list[Path]]:
@@ -61,9 +68,19 @@ def _batched(items: Iterable[Path], n: int) -> Iterator[list[Path]]:
 
 
 def decoded(
-    paths: Iterable[Path], cards: Sequence[ModelCard], images_per_batch: int, workers: int, tta: str
+    paths: Iterable[Path],
+    cards: Sequence[ModelCard],
+    images_per_batch: int,
+    workers: int,
+    tta: str,
+    times: StageTimes | None = None,
 ) -> Iterator[Decoded]:
-    """(paths, arrays per card, ok positions, failures) per batch, in input order, decoded ahead."""
+    """(paths, arrays per card, ok positions, failures) per batch, in input order, decoded ahead.
+
+    `times` (when given) gains the decoding's CPU and wall seconds and the consumer's waiting.
+    """
+    times = times if times is not None else StageTimes()
+    times.decode_threads = workers
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cvtool-decode") as pool:
         pending: deque[tuple[list[Path], Future]] = deque()
         chunks = _batched(paths, images_per_batch)
@@ -80,21 +97,29 @@ def decoded(
         while pending:
             chunk, fut = pending.popleft()
             fill()
-            yield chunk, *fut.result()
+            t0 = time.perf_counter()
+            arrays, ok, failed, cpu, wall = fut.result()
+            times.waiting += time.perf_counter() - t0
+            times.decode_cpu += cpu
+            times.decode_wall += wall
+            times.images += len(chunk)
+            yield chunk, arrays, ok, failed
 
 
 def decode_batches(
     paths: Sequence[Path], card: ModelCard, batch_size: int, workers: int | None = None
 ) -> Iterator[tuple[list[Path], np.ndarray, dict[Path, str]]]:
     """Yield (decoded paths, (n, C, H, W) float32 batch, {failed path: reason}) in input order."""
-    for chunk, (arr,), ok, failed in decoded(
-        paths, [card], batch_size, workers or default_workers(), "none"
-    ):
+    for chunk, (arr,), ok, failed in decoded(paths, [card], batch_size, workers or default_workers(), "none"):
         yield [chunk[i] for i in ok], arr[:, 0], {chunk[i]: r for i, r in failed}
 
 
 def decode_only(
-    paths: Iterable[Path], cards: Sequence[ModelCard], batch_size: int = 32, workers: int | None = None
+    paths: Iterable[Path],
+    cards: Sequence[ModelCard],
+    batch_size: int = 32,
+    workers: int | None = None,
+    times: StageTimes | None = None,
 ) -> int:
     """Decode and preprocess `paths` as the pipeline does, without a model; returns the file count.
 
@@ -102,6 +127,6 @@ def decode_only(
     (bench/predict_speed.py compares the two).
     """
     n = 0
-    for chunk, *_ in decoded(paths, cards, batch_size, workers or default_workers(), "none"):
+    for chunk, *_ in decoded(paths, cards, batch_size, workers or default_workers(), "none", times):
         n += len(chunk)
     return n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -121,3 +122,20 @@ def test_device_cuda_without_cuda_exits_2(rgb_model, shapes_test):
     r = runner.invoke(app, ["predict", str(shapes_test[0]), "--model", str(rgb_model), "--device", "cuda"])
     assert r.exit_code == 2
     assert "CUDA cannot be used" in r.output
+
+
+def test_verbose_prints_where_the_time_went(rgb_model, shapes_test, tmp_path):
+    test_dir, _ = shapes_test
+    n = len(list(test_dir.iterdir()))
+    cmd = ["predict", str(test_dir), "--model", str(rgb_model), "-o", str(tmp_path / "s.csv")]
+    r = runner.invoke(app, [*cmd, "-v"])
+    assert r.exit_code == 0, r.output
+    (line,) = [x for x in r.output.splitlines() if x.startswith("time ")]
+    stages = ("listing", "decode + preprocess", "s CPU", "waiting for decoded batches", "model", "writing")
+    for stage in stages:
+        assert stage in line
+    m = re.match(r"time (\d+\.\d+) s \((\d+) images/s\)", line)
+    assert m and float(m[1]) > 0 and int(m[2]) > 0
+    assert f"wrote {tmp_path / 's.csv'}: {n} rows" in r.output
+    r = runner.invoke(app, cmd)
+    assert not [x for x in r.output.splitlines() if x.startswith("time ")]

@@ -68,6 +68,14 @@ def test_image_folder_with_a_class_absent(rgb_model, shapes_train, tmp_path):
     assert "accuracy" in r.output and "stripes" in r.output
 
 
+def test_evaluate_verbose_prints_where_the_time_went(rgb_model, shapes_train, tmp_path):
+    cmd = ["evaluate", str(shapes_train), "--model", str(rgb_model), "-o", str(tmp_path), "-v"]
+    r = runner.invoke(app, cmd)
+    assert r.exit_code == 0, r.output
+    (line,) = [x for x in r.output.splitlines() if x.startswith("time ")]
+    assert "decode + preprocess" in line and "metrics, plots, maps and report" in line
+
+
 def test_unknown_class_folder_is_an_error(rgb_model, shapes_train, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(shapes_train / "circle", data / "triangle")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cvtool.contract import ModelCard
 from cvtool.images import ImageError, load_and_preprocess, load_image, preprocess, resize_and_crop
@@ -122,6 +122,47 @@ def test_exif_orientation_applied(tmp_path: Path):
     # The left (red) part of the stored image is now on top.
     assert px[5, 10, 0] > 200 and px[5, 10, 2] < 60
     assert px[35, 10, 2] > 200 and px[35, 10, 0] < 60
+
+
+def _xmp(orientation: int) -> bytes:
+    return (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="%d"/>'
+        b"</rdf:RDF></x:xmpmeta>" % orientation
+    )
+
+
+@pytest.mark.parametrize("where", ["png-exif", "png-xmp", "tiff", "webp-exif", "jpeg-xmp", "none"])
+def test_orientation_from_every_source_equals_pillow(tmp_path: Path, where: str):
+    # load_image skips exif_transpose when the file carries no orientation data at all; wherever
+    # Pillow finds one, the result must be exactly Pillow's own exif_transpose.
+    a = np.random.default_rng(0).integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    img = Image.fromarray(a, "RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    ext, kwargs = {
+        "png-exif": (".png", {"exif": exif.tobytes()}),
+        "png-xmp": (".png", {"pnginfo": _png_text("XML:com.adobe.xmp", _xmp(6).decode())}),
+        "tiff": (".tiff", {"exif": exif}),
+        "webp-exif": (".webp", {"exif": exif.tobytes(), "lossless": True}),
+        "jpeg-xmp": (".jpg", {"xmp": _xmp(6), "quality": 95}),
+        "none": (".png", {}),
+    }[where]
+    path = tmp_path / f"oriented{ext}"
+    img.save(path, **kwargs)
+    with Image.open(path) as ref:
+        expected = np.asarray(ImageOps.exif_transpose(ref).convert("RGB"))
+    got = load_image(path)
+    assert got.size == ((40, 20) if where == "none" else (20, 40))
+    np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def _png_text(key: str, value: str):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(key, value)
+    return info
 
 
 def test_16bit_grayscale_scaled_not_clipped(tmp_path: Path):

@@ -24,6 +24,7 @@ from cvtool.infer.session import (
     tensorrt_status,
 )
 from cvtool.softmax import softmax
+from cvtool.timing import StageTimes
 from cvtool.tta import num_views, views
 
 NAMES = ("a", "b", "c")
@@ -64,6 +65,29 @@ def test_predict_files_equals_one_by_one(lin, folder):
         np.testing.assert_allclose(preds.probs, np.stack([ref[p] for p in preds.paths]), rtol=1e-5, atol=1e-6)
         assert list(preds.failed) == [folder / "bad.png"]
         assert preds.provider == "CPUExecutionProvider"
+
+
+def test_stage_times_account_for_the_run(lin, folder):
+    m = open_model(lin, device="cpu")
+    paths = sorted(folder.iterdir())
+    preds = predict_files(m, paths, 4, 2)
+    t = preds.times
+    assert t.images == len(paths) and t.decode_threads == 2
+    assert t.decode_cpu > 0 and t.decode_wall > 0 and t.model > 0
+    # The model and the waits happen one after the other in the calling thread: within the total.
+    assert t.model + t.waiting <= t.total
+    assert t.total == preds.seconds
+    line = t.describe()
+    assert line.startswith(f"time {t.total:.2f} s") and f"model {t.model:.2f} s" in line
+    assert "in 2 threads" in line
+
+
+def test_stage_times_of_decode_only(lin, folder):
+    card = open_model(lin, device="cpu").card
+    times = StageTimes()
+    n = decode_only(sorted(folder.iterdir()), [card], batch_size=5, workers=1, times=times)
+    assert n == times.images == len(list(folder.iterdir()))
+    assert times.decode_cpu > 0 and times.model == 0
 
 
 def test_run_batches_consumes_a_lazy_iterator(lin, folder):

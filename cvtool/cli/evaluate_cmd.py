@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -116,7 +117,9 @@ def evaluate(
     if data is None:
         raise OptionError("give the DATA folder to evaluate the model on")
     m = open_onnx(model, device, card, verbose)
+    t_list = time.perf_counter()
     samples = labeled_files(data, m.card.class_names, labels)
+    listing = time.perf_counter() - t_list
     with progress_bar() as progress:
         task = progress.add_task("evaluate", total=None)
 
@@ -135,6 +138,10 @@ def evaluate(
         )  # fmt: skip
 
     _show(r, str(data), out)
+    if verbose and r.times is not None:
+        r.times.listing = listing
+        r.times.total += listing
+        console.print(r.times.describe("metrics, plots, maps and report"))
     console.print(f"labels: {samples.describe()}")
     for line in samples.notes():  # passed over: counted, the first few named
         console.print(f"  {line}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,7 +132,9 @@ def predict(
     )  # fmt: skip
     report_models(predictor.models, card, verbose)
     spec.check(predictor.class_names)
+    t_list = time.perf_counter()
     items = list_items(test_dir, recursive=recursive, files=files, id_from=id_from, shard=shard_ix)
+    listing = time.perf_counter() - t_list
     if shard_ix is not None:
         console.print(f"shard {shard_ix[0]}/{shard_ix[1]}: {len(items)} of {items.total_ids} files")
     batch = predictor.batch_size
@@ -149,6 +152,10 @@ def predict(
             f"wrote {r.output}: {r.rows} rows, {r.images_per_second:.0f} images/s on {r.provider}"
             + (f", batch {batch}" if verbose else "")
         )
+    if verbose:
+        r.times.listing = listing
+        r.times.total += listing
+        console.print(r.times.describe())
     for reason, n in sorted(items.skipped.items()):
         console.print(f"skipped {n} file(s): {reason}")
     if r.failed:

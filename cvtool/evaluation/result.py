@@ -17,6 +17,7 @@ from cvtool.evaluation.failures import Failure
 from cvtool.evaluation.leaks import WithoutLeaks
 from cvtool.evaluation.occlusion import OcclusionMap
 from cvtool.evaluation.suspects import SuspectReport
+from cvtool.timing import StageTimes
 
 __all__ = ["CamSettings", "ClassScores", "EvalResult", "OcclusionSettings", "Scores"]
 
@@ -94,6 +95,7 @@ class EvalResult:
     suspects: SuspectReport | None = None  # None: --suspects not asked for
     without_leaks: WithoutLeaks | None = None  # None: --exclude-leaks not given
     files: list[str] = field(default_factory=list)  # names written in the output folder ("x/": folder)
+    times: StageTimes | None = None  # where the time went (None: no model was run)
 
     def metrics_json(self) -> dict[str, Any]:
         """The content of metrics.json."""

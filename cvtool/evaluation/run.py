@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,8 @@ def evaluate(
     if on_start:
         on_start(len(paths))
     preds = predict_files(model, paths, batch_size, workers, on_progress)
-    return _write_outputs(
+    t_write = time.perf_counter()
+    r = _write_outputs(
         preds, dict(zip(paths, ys, strict=True)), names, model.card, str(model.path),
         str(samples.root if isinstance(data, LabeledSamples) else data), skipped, out,
         model=model, failures=failures, occlusion=occlusion, window=window, stride=stride,
@@ -225,6 +227,10 @@ def evaluate(
         faith=faith, suspects=suspects, oof_report=oof_report, leaks=leaks,
         exclude_leaks=exclude_leaks, batch_size=batch_size,
     )  # fmt: skip
+    r.times = preds.times
+    r.times.writing = time.perf_counter() - t_write
+    r.times.total += r.times.writing
+    return r
 
 
 def _evaluate_predictions(

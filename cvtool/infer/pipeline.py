@@ -18,6 +18,7 @@ import numpy as np
 from cvtool.decode import decoded, default_workers
 from cvtool.infer.ensemble import Ensemble
 from cvtool.infer.session import OnnxModel
+from cvtool.timing import StageTimes
 from cvtool.tta import num_views
 
 __all__ = [
@@ -37,6 +38,7 @@ class Predictions:
     failed: dict[Path, str] = field(default_factory=dict)  # file → reason
     seconds: float = 0.0
     provider: str = ""
+    times: StageTimes = field(default_factory=StageTimes)
 
     @property
     def images_per_second(self) -> float:
@@ -60,12 +62,15 @@ def run_batches(
     batch_size: int = 32,
     workers: int | None = None,
     tta: str = "none",
+    times: StageTimes | None = None,
 ) -> Iterator[Batch]:
     """Predict `paths` (any iterable, consumed lazily) batch by batch, in input order.
 
     `batch_size` is the number of tensors per model call; with test-time augmentation each image
-    makes several, so a batch holds batch_size // views images.
+    makes several, so a batch holds batch_size // views images. `times`, when given, gains the
+    decoding, waiting and model seconds.
     """
+    times = times if times is not None else StageTimes()
     ens = model if isinstance(model, Ensemble) else Ensemble([model])
     fixed = [m.fixed_batch for m in ens.models if m.fixed_batch]
     if fixed and batch_size % fixed[0]:
@@ -73,8 +78,10 @@ def run_batches(
     per_batch = max(1, batch_size // num_views(tta))
     workers = workers or default_workers()
     k = ens.num_classes
-    for chunk, arrays, ok, failed in decoded(paths, ens.cards, per_batch, workers, tta):
+    for chunk, arrays, ok, failed in decoded(paths, ens.cards, per_batch, workers, tta, times):
+        t0 = time.perf_counter()
         probs = ens.predict(arrays) if ok else np.zeros((0, k), np.float32)
+        times.model += time.perf_counter() - t0
         yield Batch(paths=chunk, ok=ok, probs=probs, failed=failed)
 
 
@@ -92,8 +99,9 @@ def predict_files(
     out_probs: list[np.ndarray] = []
     failed: dict[Path, str] = {}
     ens = model if isinstance(model, Ensemble) else Ensemble([model])
+    times = StageTimes()
     t0 = time.perf_counter()
-    for b in run_batches(ens, paths, batch_size, workers, tta):
+    for b in run_batches(ens, paths, batch_size, workers, tta, times):
         if b.ok:
             out_probs.append(b.probs)
             out_paths.extend(b.paths[i] for i in b.ok)
@@ -101,12 +109,12 @@ def predict_files(
         if on_progress:
             on_progress(len(b.paths))
     k = ens.num_classes
+    times.total = time.perf_counter() - t0
     return Predictions(
         paths=out_paths,
         probs=np.concatenate(out_probs) if out_probs else np.zeros((0, k), np.float32),
         failed=failed,
-        seconds=time.perf_counter() - t0,
+        seconds=times.total,
         provider=ens.provider,
+        times=times,
     )
-
-

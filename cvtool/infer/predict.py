@@ -23,6 +23,7 @@ from cvtool.infer.pipeline import run_batches
 from cvtool.infer.session import OnnxModel
 from cvtool.infer.shard import sidecar_path, write_sidecar
 from cvtool.infer.sources import Items, in_shard
+from cvtool.timing import StageTimes
 
 __all__ = ["ON_ERROR", "PredictResult", "failures_path", "predict_to_file"]
 
@@ -40,6 +41,7 @@ class PredictResult:
     provider: str = ""
     failures_file: Path | None = None
     sidecar: Path | None = None
+    times: StageTimes = field(default_factory=StageTimes)  # the listing is the caller's to add
 
     @property
     def images_per_second(self) -> float:
@@ -110,10 +112,11 @@ def predict_to_file(
     failed_rows: list[int] = []
     failed: list[tuple[Path, str]] = []
     n = 0
+    times = StageTimes()
     t0 = time.perf_counter()
     # Decode in output order, so a batch is a run of consecutive output positions.
     paths = (items.root / items.relpaths[i] for i in order)
-    for b in run_batches(model, paths, batch_size, workers, tta):
+    for b in run_batches(model, paths, batch_size, workers, tta, times):
         pos = [order[n + j] for j in range(len(b.paths))]
         coll.add([pos[j] for j in b.ok], b.probs)
         for j, reason in b.failed:
@@ -123,9 +126,9 @@ def predict_to_file(
         if on_progress:
             on_progress(len(b.paths))
     seconds = time.perf_counter() - t0
-
+    t_write = time.perf_counter()
     result = PredictResult(
-        output=None, rows=0, images=n, failed=failed, seconds=seconds, provider=model.provider
+        output=None, rows=0, images=n, failed=failed, seconds=seconds, provider=model.provider, times=times
     )
     if failed:
         result.failures_file = failures_path(output)
@@ -133,6 +136,8 @@ def predict_to_file(
     else:  # a list left by an earlier run would now be wrong
         failures_path(output).unlink(missing_ok=True)
     if failed and on_error == "fail":
+        times.writing = time.perf_counter() - t_write
+        times.total = time.perf_counter() - t0
         return result
     if on_error == "fill":
         coll.fill(failed_rows)
@@ -157,4 +162,6 @@ def predict_to_file(
                 "cvtool": __version__,
             },
         )
+    times.writing = time.perf_counter() - t_write
+    times.total = time.perf_counter() - t0
     return result
