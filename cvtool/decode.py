@@ -2,7 +2,7 @@
 
 Each decoding thread turns a whole batch of files into arrays (Pillow and numpy release the GIL
 while decoding, resizing and normalising), writing straight into the batch buffer. At most
-`workers + 1` batches are decoded ahead of the consumer, so memory stays bounded however many
+one batch more than there are threads is decoded ahead of the consumer, so memory stays bounded however many
 files there are, while the consumer (ONNX Runtime, which also releases the GIL; or calibration)
 works on the oldest ready batch. Files are taken from an iterator one batch at a time.
 
@@ -26,15 +26,36 @@ from cvtool.images import ImageError, load_image
 from cvtool.timing import StageTimes
 from cvtool.tta import num_views, views_into
 
-__all__ = ["decode_batches", "decode_only", "decoded", "default_workers"]
+__all__ = ["decode_batches", "decode_only", "decoded", "default_workers", "threads_for", "usable_cores"]
 
 # (paths, arrays per card, positions of the files that decoded, (position, reason) per failure)
 Decoded = tuple[list[Path], list[np.ndarray], list[int], list[tuple[int, str]]]
 
 
 def default_workers() -> int:
-    """Decoding threads: one per core, at most 8 (ONNX Runtime's own threads share the cores)."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """The most decoding threads: one per core this process may run on, at most 8."""
+    return max(1, min(8, usable_cores()))
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))  # what taskset, cgroups' cpusets and SLURM allow
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Python's own work per file (open, parse headers, the calls around the decoders) holds the GIL:
+# about 0.1 ms here (a 28×28 PNG costs 0.1 ms in all), while the decoders and resizers release
+# it. A second thread only helps when most of a file's time is spent outside the GIL: two threads
+# decoded 28×28 PNGs at 4,400/s against one thread's 7,950/s (they fight over the GIL), but
+# 500×375 JPEGs (about 3 ms each) at 660/s against 350/s (bench/RESULTS.md, 2-core Xeon).
+GIL_SECONDS_PER_FILE = 0.25e-3
+
+
+def threads_for(cpu_per_file: float, most: int) -> int:
+    """Decoding threads worth running for files that cost `cpu_per_file` CPU seconds each."""
+    return max(1, min(most, int(cpu_per_file / GIL_SECONDS_PER_FILE)))
 
 
 def _decode_batch(
@@ -71,23 +92,28 @@ def decoded(
     paths: Iterable[Path],
     cards: Sequence[ModelCard],
     images_per_batch: int,
-    workers: int,
+    workers: int | None,
     tta: str,
     times: StageTimes | None = None,
 ) -> Iterator[Decoded]:
     """(paths, arrays per card, ok positions, failures) per batch, in input order, decoded ahead.
 
+    `workers`: decoding threads; None picks them from the first batch, decoded alone: its CPU
+    time per file says how many threads help (`threads_for`), up to `default_workers()`.
     `times` (when given) gains the decoding's CPU and wall seconds and the consumer's waiting.
     """
     times = times if times is not None else StageTimes()
-    times.decode_threads = workers
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cvtool-decode") as pool:
+    most = workers or default_workers()
+    active = workers or 1  # threads decoding at once; adaptive: 1 until the first batch is back
+    times.decode_threads = active
+    with ThreadPoolExecutor(max_workers=most, thread_name_prefix="cvtool-decode") as pool:
         pending: deque[tuple[list[Path], Future]] = deque()
         chunks = _batched(paths, images_per_batch)
+        measured = workers is not None
 
         def fill() -> None:
-            # One batch per worker being decoded, plus one ready and waiting for the model.
-            while len(pending) < workers + 1:
+            # One batch per active thread being decoded, plus one ready and waiting for the model.
+            while len(pending) < (active + 1 if measured else 1):
                 chunk = next(chunks, None)
                 if chunk is None:
                     return
@@ -96,10 +122,14 @@ def decoded(
         fill()
         while pending:
             chunk, fut = pending.popleft()
-            fill()
             t0 = time.perf_counter()
             arrays, ok, failed, cpu, wall = fut.result()
             times.waiting += time.perf_counter() - t0
+            if not measured:
+                active = threads_for(cpu / len(chunk), most)
+                times.decode_threads = active
+                measured = True
+            fill()
             times.decode_cpu += cpu
             times.decode_wall += wall
             times.images += len(chunk)
@@ -110,7 +140,7 @@ def decode_batches(
     paths: Sequence[Path], card: ModelCard, batch_size: int, workers: int | None = None
 ) -> Iterator[tuple[list[Path], np.ndarray, dict[Path, str]]]:
     """Yield (decoded paths, (n, C, H, W) float32 batch, {failed path: reason}) in input order."""
-    for chunk, (arr,), ok, failed in decoded(paths, [card], batch_size, workers or default_workers(), "none"):
+    for chunk, (arr,), ok, failed in decoded(paths, [card], batch_size, workers, "none"):
         yield [chunk[i] for i in ok], arr[:, 0], {chunk[i]: r for i, r in failed}
 
 
@@ -127,6 +157,6 @@ def decode_only(
     (bench/predict_speed.py compares the two).
     """
     n = 0
-    for chunk, *_ in decoded(paths, cards, batch_size, workers or default_workers(), "none", times):
+    for chunk, *_ in decoded(paths, cards, batch_size, workers, "none", times):
         n += len(chunk)
     return n

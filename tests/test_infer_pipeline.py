@@ -102,8 +102,9 @@ def test_run_batches_consumes_a_lazy_iterator(lin, folder):
 
     it = run_batches(m, gen(), batch_size=4, workers=1)
     first = next(it)
-    # Only the first batch and the bounded look-ahead (workers + 1 batches) have been read.
-    assert len(first.paths) == 4 and len(taken) <= 4 * 3
+    # Only the first batch and the bounded look-ahead have been read: workers + 1 batches
+    # decoded ahead, and one batch per lane in the model.
+    assert len(first.paths) == 4 and len(taken) <= 4 * (1 + 1 + m.lanes)
     rest = list(it)
     assert sum(len(b.paths) for b in [first, *rest]) == len(paths)
 
@@ -245,9 +246,9 @@ def test_tta_batches_count_views(lin, folder):
     sizes = []
     m_run = m.run
 
-    def spy(x):
+    def spy(x, lane=None):
         sizes.append(len(x))
-        return m_run(x)
+        return m_run(x, lane)
 
     m.run = spy
     list(run_batches(m, sorted(folder.iterdir())[:12], batch_size=20, workers=1, tta="flip+crops"))
@@ -313,3 +314,87 @@ def test_load_image_failure_is_reported_not_raised(lin, tmp_path):
     assert preds.paths == [tmp_path / "ok.png"]
     assert preds.failed == {tmp_path / "empty.png": "empty file", tmp_path / "gone.png": "file not found"}
     assert load_image(tmp_path / "ok.png").size == (24, 20)
+
+
+def test_threads_for_follows_the_cost_per_file():
+    from cvtool.decode import GIL_SECONDS_PER_FILE, threads_for
+
+    assert threads_for(0.1e-3, 8) == 1  # a 28×28 PNG: Python's own work, GIL-bound
+    assert threads_for(3e-3, 2) == 2  # a 500×375 JPEG: mostly in the decoder, capped by the cores
+    assert threads_for(3e-3, 8) == 8
+    assert threads_for(3.5 * GIL_SECONDS_PER_FILE, 8) == 3
+    assert threads_for(0.0, 4) == 1
+
+
+def test_adaptive_threads_decode_the_same_arrays(lin, folder, monkeypatch):
+    import cvtool.decode as decode
+
+    card = open_model(lin, device="cpu").card
+    paths = sorted(folder.iterdir())
+
+    def run(workers):
+        times = StageTimes()
+        out = [(c, [a.copy() for a in arrays], ok, failed) for c, arrays, ok, failed in decode.decoded(
+            paths, [card], 4, workers, "none", times)]  # fmt: skip
+        return out, times.decode_threads
+
+    fixed, n = run(3)
+    assert n == 3
+    adaptive, n = run(None)
+    assert n == 1  # these small PNGs cost far less than GIL_SECONDS_PER_FILE each
+    monkeypatch.setattr(decode, "GIL_SECONDS_PER_FILE", 1e-12)
+    many, n = run(None)
+    assert n == decode.default_workers()
+    for other in (adaptive, many):
+        assert len(other) == len(fixed)
+        for (c1, a1, ok1, f1), (c2, a2, ok2, f2) in zip(fixed, other, strict=True):
+            assert c1 == c2 and ok1 == ok2 and f1 == f2
+            np.testing.assert_array_equal(a1[0], a2[0])
+
+
+def test_lane_layout():
+    from cvtool.infer.session import LANE_MAX_BYTES, lane_layout
+
+    assert lane_layout(1) == (1, 1)
+    assert lane_layout(2) == (2, 1)  # two single-threaded sessions side by side
+    assert lane_layout(3) == (3, 1)
+    assert lane_layout(8) == (4, 2)
+    assert lane_layout(16) == (4, 4)
+    assert lane_layout(16, LANE_MAX_BYTES + 1) == (1, 16)  # no copies of a very large model
+
+
+def test_open_model_takes_lanes_only_for_cpu_batch_runs(lin, monkeypatch):
+    import cvtool.infer.session as session
+
+    monkeypatch.setattr(session, "usable_cores", lambda: 2)
+    m = open_model(lin, device="cpu")
+    assert (m.lanes, m.lane_threads) == (2, 1)
+    assert open_model(lin, device="cpu", threads=2).lanes == 1  # --threads: one session, as asked
+    monkeypatch.setattr(session, "usable_cores", lambda: 1)
+    assert open_model(lin, device="cpu").lanes == 1
+
+
+@pytest.mark.parametrize("lanes", [2, 3])
+def test_lanes_give_the_same_probabilities_in_the_same_order(lin, folder, lanes):
+    one = dataclasses.replace(open_model(lin, device="cpu", threads=1), lanes=1)
+    many = dataclasses.replace(one, lanes=lanes, _lane_sessions={})
+    paths = sorted(folder.iterdir()) * 3
+    for batch in (1, 4, 7):
+        a = predict_files(one, paths, batch, 2)
+        b = predict_files(many, paths, batch, 2)
+        assert b.paths == a.paths and list(b.failed) == list(a.failed)
+        np.testing.assert_array_equal(b.probs, a.probs)  # bit for bit: same graph, same inputs
+        assert b.times.model_lanes == lanes and f"in {lanes} lanes" in b.times.describe()
+    assert sorted(many._lane_sessions) == list(range(lanes))  # each lane opened once, then reused
+
+
+def test_an_ensemble_runs_each_member_on_its_lane(lin, folder, tmp_path):
+    other = linear_onnx(tmp_path / "other.onnx", NAMES, seed=1)
+    opened = [open_model(p, device="cpu") for p in (lin, other)]
+    ms = [dataclasses.replace(m, lanes=2, _lane_sessions={}) for m in opened]
+    paths = sorted(folder.iterdir())
+    ref = Ensemble([dataclasses.replace(m, lanes=1) for m in ms])
+    a = predict_files(ref, paths, 3, 1)
+    b = predict_files(Ensemble(ms), paths, 3, 1)
+    np.testing.assert_array_equal(b.probs, a.probs)
+    assert all(sorted(m._lane_sessions) == [0, 1] for m in ms)

@@ -1,21 +1,26 @@
 """Batched inference over image files: cvtool.decode's threaded decoding overlapping ONNX Runtime.
 
 While the decoding threads prepare the next batches, ONNX Runtime (which releases the GIL) runs
-the oldest ready one. Files are taken from an iterator one batch at a time: nothing requires the
-whole list of paths, let alone of images, in memory. A file that fails to decode is recorded
+the oldest ready one, or on the CPU several at once, one per lane (see OnnxModel.lanes: one
+single-threaded session per core instead of one session whose threads all wait for the slowest
+whenever a decoding thread takes a core). Files are taken from an iterator one batch at a time:
+nothing requires the whole list of paths, let alone of images, in memory. A file that fails to
+decode is recorded
 with its reason; the run goes on.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cvtool.decode import decoded, default_workers
+from cvtool.decode import decoded
 from cvtool.infer.ensemble import Ensemble
 from cvtool.infer.session import OnnxModel
 from cvtool.timing import StageTimes
@@ -76,13 +81,42 @@ def run_batches(
     if fixed and batch_size % fixed[0]:
         batch_size = fixed[0]  # whole multiples of a fixed batch waste no padding
     per_batch = max(1, batch_size // num_views(tta))
-    workers = workers or default_workers()
     k = ens.num_classes
-    for chunk, arrays, ok, failed in decoded(paths, ens.cards, per_batch, workers, tta, times):
-        t0 = time.perf_counter()
-        probs = ens.predict(arrays) if ok else np.zeros((0, k), np.float32)
-        times.model += time.perf_counter() - t0
-        yield Batch(paths=chunk, ok=ok, probs=probs, failed=failed)
+    lanes = ens.lanes
+    times.model_lanes = lanes
+    batches = decoded(paths, ens.cards, per_batch, workers, tta, times)
+    if lanes == 1:
+        for chunk, arrays, ok, failed in batches:
+            probs, seconds = _predict(ens, arrays, ok, k, None)
+            times.model += seconds
+            yield Batch(paths=chunk, ok=ok, probs=probs, failed=failed)
+        return
+    # Several lanes: batch i runs on lane i % lanes, at most one batch per lane at a time (a new
+    # batch is handed out only once the oldest is back, and batches come back in order).
+    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="cvtool-model") as pool:
+        running: deque[tuple[list[Path], list[int], list[tuple[int, str]], Future]] = deque()
+        for i, (chunk, arrays, ok, failed) in enumerate(batches):
+            # The first batch runs on the main session: a one-batch run opens no lane.
+            lane = None if i == 0 else i % lanes
+            running.append((chunk, ok, failed, pool.submit(_predict, ens, arrays, ok, k, lane)))
+            if len(running) == lanes:
+                yield _finish(running.popleft(), times)
+        while running:
+            yield _finish(running.popleft(), times)
+
+
+def _predict(ens: Ensemble, arrays: list[np.ndarray], ok: list[int], k: int, lane: int | None):
+    """(probabilities, seconds in the model) for one decoded batch."""
+    t0 = time.perf_counter()
+    probs = ens.predict(arrays, lane) if ok else np.zeros((0, k), np.float32)
+    return probs, time.perf_counter() - t0
+
+
+def _finish(job: tuple[list[Path], list[int], list[tuple[int, str]], Future], times: StageTimes) -> Batch:
+    chunk, ok, failed, fut = job
+    probs, seconds = fut.result()
+    times.model += seconds
+    return Batch(paths=chunk, ok=ok, probs=probs, failed=failed)
 
 
 def predict_files(
