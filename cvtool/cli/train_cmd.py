@@ -193,7 +193,11 @@ def train(
     device: Annotated[TrainDevice | None, typer.Option(help="(default: auto)", rich_help_panel=_H)] = None,
     amp: Annotated[
         AmpMode | None,
-        typer.Option(help="Mixed precision; fp16 on CUDA only (default: off).", rich_help_panel=_H),
+        typer.Option(
+            help="Mixed precision: auto = bf16 where the CPU (AVX-512 BF16, AMX) or GPU has it, "
+            "else off; fp16 on CUDA only (default: auto).",
+            rich_help_panel=_H,
+        ),
     ] = None,
     channels_last: Annotated[
         bool | None,

@@ -49,7 +49,7 @@ AugmentPreset = Literal["none", "light", "heavy"]
 ClassWeights = Literal["none", "balanced"]
 FreezeMode = Literal["none", "backbone"]
 TrainDevice = Literal["auto", "cpu", "cuda"]
-AmpMode = Literal["off", "bf16", "fp16"]
+AmpMode = Literal["auto", "off", "bf16", "fp16"]
 RecipeName = Literal["fashion-mnist", "fashion-mnist-long"]  # the keys of RECIPES
 
 
@@ -115,7 +115,7 @@ class TrainConfig:
     backbone_lr: float | None = None  # None: lr / 10 when fine-tuning, else lr
     # hardware
     device: TrainDevice = "auto"
-    amp: AmpMode = "off"  # off | bf16 | fp16 (CUDA only); bf16 on the CPU pays off with AVX-512 BF16 / AMX
+    amp: AmpMode = "auto"  # auto (bf16 where the hardware has it: train/amp.py) | off | bf16 | fp16 (CUDA)
     channels_last: bool | None = None  # None: on CUDA yes, on the CPU no
     recipe: RecipeName | None = None
 

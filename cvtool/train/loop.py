@@ -33,6 +33,7 @@ from cvtool.atomic import atomic_write_text
 from cvtool.contract import ModelCard
 from cvtool.data import LabelSource, labeled_files, stratified_kfold, stratified_split
 from cvtool.evaluation.runs import write_run_record
+from cvtool.train.amp import resolve_amp
 from cvtool.train.augment import EvalTransform, TrainTransform, resolve_augment
 from cvtool.train.checkpoint import CheckpointError, deferred_interrupts, load_checkpoint, save_checkpoint
 from cvtool.train.config import TrainConfig, TrainError
@@ -162,7 +163,8 @@ def _train(
     resume: dict[str, Any] | None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
 ) -> TrainResult:
-    if cfg.amp == "fp16" and rt.device.type != "cuda":
+    amp, amp_why = resolve_amp(cfg.amp, rt.device)
+    if amp == "fp16" and rt.device.type != "cuda":
         raise TrainError(
             "--amp fp16 needs a CUDA device; on the CPU use bf16 (fast with AVX-512 BF16 or AMX)"
         )
@@ -230,7 +232,8 @@ def _train(
     )
     log(
         f"model: {arch}, {n_params:,} parameters; device {device_note}"
-        + (f", amp {cfg.amp}" if cfg.amp != "off" else "")
+        + (f", amp {amp}" if amp != "off" else "")
+        + (f" ({amp_why})" if amp_why else "")
         + (", channels_last" if channels_last else "")
         + (f"; {rt.world} processes" if rt.distributed else "")
     )
@@ -273,7 +276,7 @@ def _train(
     assert isinstance(train_sampler, EpochSampler)
     val_loader = loader(val_paths, val_labels, False)
     schedule = LRSchedule(optimizer, cfg, len(train_loader))
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=amp == "fp16")
     weights = (
         balanced_class_weights(train_labels, card.num_classes) if cfg.class_weights == "balanced" else None
     )
@@ -308,7 +311,7 @@ def _train(
     ]
     stopped_early = False
     with Progress(*columns, TimeRemainingColumn(), transient=True, disable=not rt.main) as progress:
-        epoch_runner = EpochRunner(net, loss_fn, rt, progress, on_error, cfg.amp, channels_last)
+        epoch_runner = EpochRunner(net, loss_fn, rt, progress, on_error, amp, channels_last)
         for epoch in range(start, cfg.epochs + 1):
             if cfg.freeze == "backbone" and cfg.unfreeze_at == epoch:
                 set_backbone_trainable(model, arch, True)
