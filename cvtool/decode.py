@@ -95,25 +95,30 @@ def decoded(
     workers: int | None,
     tta: str,
     times: StageTimes | None = None,
+    alone: int = 1,
 ) -> Iterator[Decoded]:
     """(paths, arrays per card, ok positions, failures) per batch, in input order, decoded ahead.
 
     `workers`: decoding threads; None picks them from the first batch, decoded alone: its CPU
     time per file says how many threads help (`threads_for`), up to `default_workers()`.
-    `times` (when given) gains the decoding's CPU and wall seconds and the consumer's waiting.
+    `alone`: the first `alone` batches are decoded one at a time and nothing is decoded while the
+    consumer holds them, so that both stages can be timed without the other (the pipeline times
+    the model on them). `times` (when given) gains the decoding's CPU and wall seconds and the
+    consumer's waiting.
     """
     times = times if times is not None else StageTimes()
     most = workers or default_workers()
     active = workers or 1  # threads decoding at once; adaptive: 1 until the first batch is back
     times.decode_threads = active
+    alone = max(alone, 0 if workers else 1)
     with ThreadPoolExecutor(max_workers=most, thread_name_prefix="cvtool-decode") as pool:
         pending: deque[tuple[list[Path], Future]] = deque()
         chunks = _batched(paths, images_per_batch)
-        measured = workers is not None
+        served = 0  # batches handed to the consumer
 
         def fill() -> None:
             # One batch per active thread being decoded, plus one ready and waiting for the model.
-            while len(pending) < (active + 1 if measured else 1):
+            while len(pending) < (1 if served < alone else active + 1):
                 chunk = next(chunks, None)
                 if chunk is None:
                     return
@@ -125,15 +130,17 @@ def decoded(
             t0 = time.perf_counter()
             arrays, ok, failed, cpu, wall = fut.result()
             times.waiting += time.perf_counter() - t0
-            if not measured:
+            if served == 0 and not workers:
                 active = threads_for(cpu / len(chunk), most)
                 times.decode_threads = active
-                measured = True
-            fill()
+            served += 1
+            if served > alone:
+                fill()
             times.decode_cpu += cpu
             times.decode_wall += wall
             times.images += len(chunk)
             yield chunk, arrays, ok, failed
+            fill()
 
 
 def decode_batches(

@@ -25,8 +25,8 @@ class StageTimes:
     decode_wall: float = 0.0  # wall seconds the decoding tasks ran, summed over the threads
     decode_threads: int = 0
     waiting: float = 0.0  # wall: the model idle, waiting for the next decoded batch
-    model: float = 0.0  # wall: inside the model calls (and the ensemble's averaging), summed over lanes
-    model_lanes: int = 1  # model calls that ran side by side
+    model: float = 0.0  # wall: inside the model calls (and the ensemble's averaging)
+    model_threads: int = 0  # intra-op threads the pipeline chose for the model; 0: not chosen
     writing: float = 0.0  # wall: writing the output files
     total: float = 0.0  # wall: from listing to the last file written
     images: int = 0
@@ -38,12 +38,13 @@ class StageTimes:
         """
         per = f" ({self.images / self.total:.0f} images/s)" if self.total > 0 and self.images else ""
         threads = f" in {self.decode_threads} thread{'s' * (self.decode_threads != 1)}"
-        lanes = f" in {self.model_lanes} lanes" if self.model_lanes > 1 else ""
+        mt = self.model_threads
+        chosen = f" ({mt} thread{'s' * (mt != 1)} from the 4th batch on)" if mt else ""
         return (
             f"time {self.total:.2f} s{per}: listing {self.listing:.2f} s · "
             f"decode + preprocess {self.decode_cpu:.2f} s CPU, {self.decode_wall:.2f} s wall{threads} · "
             f"model idle waiting for decoded batches {self.waiting:.2f} s · "
-            f"model {self.model:.2f} s{lanes} · {writing} {self.writing:.2f} s"
+            f"model {self.model:.2f} s{chosen} · {writing} {self.writing:.2f} s"
         )
 
     def as_dict(self) -> dict[str, float]:

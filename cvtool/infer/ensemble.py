@@ -104,23 +104,22 @@ class Ensemble:
         return len(self.class_names)
 
     @property
-    def lanes(self) -> int:
-        """Batches the ensemble can run side by side (each of its models has that many lanes)."""
-        return min(m.lanes for m in self.models)
+    def retunable(self) -> bool:
+        """Whether every model may run on a copy of its session with fewer threads."""
+        return all(m.retunable for m in self.models)
 
-    def predict(self, inputs: Sequence[np.ndarray], lane: int | None = None) -> np.ndarray:
+    def predict(self, inputs: Sequence[np.ndarray], threads: int | None = None) -> np.ndarray:
         """inputs[g]: (n, V, C, H, W) views for preprocessing group g → (n, K) probabilities.
 
         Each model's probabilities are averaged over the V views (test-time augmentation), then
-        over the models with their weights. `lane`: run on that lane of each model (see
-        OnnxModel.lanes); None: on each model's main session.
+        over the models with their weights. `threads`: see OnnxModel.run.
         """
         n = len(inputs[0])
         out = np.zeros((n, self.num_classes), np.float64)
         for mem in self.members:
             x = inputs[mem.group]
             v = x.shape[1]
-            p = mem.model.run(x.reshape(n * v, *x.shape[2:]), lane)  # (n·V, K)
+            p = mem.model.run(x.reshape(n * v, *x.shape[2:]), threads)  # (n·V, K)
             p = p.reshape(n, v, -1).mean(axis=1, dtype=np.float64)
             if mem.columns is not None:
                 p = p[:, mem.columns]

@@ -1,26 +1,22 @@
 """Batched inference over image files: cvtool.decode's threaded decoding overlapping ONNX Runtime.
 
 While the decoding threads prepare the next batches, ONNX Runtime (which releases the GIL) runs
-the oldest ready one, or on the CPU several at once, one per lane (see OnnxModel.lanes: one
-single-threaded session per core instead of one session whose threads all wait for the slowest
-whenever a decoding thread takes a core). Files are taken from an iterator one batch at a time:
-nothing requires the whole list of paths, let alone of images, in memory. A file that fails to
-decode is recorded
-with its reason; the run goes on.
+the oldest ready one. On the CPU, the first batches' costs decide whether the model keeps a
+thread per core or leaves one core to decoding (`model_threads`). Files are taken from an
+iterator one batch at a time: nothing requires the whole list of paths, let alone of images, in
+memory. A file that fails to decode is recorded with its reason; the run goes on.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cvtool.decode import decoded
+from cvtool.decode import decoded, usable_cores
 from cvtool.infer.ensemble import Ensemble
 from cvtool.infer.session import OnnxModel
 from cvtool.timing import StageTimes
@@ -82,41 +78,51 @@ def run_batches(
         batch_size = fixed[0]  # whole multiples of a fixed batch waste no padding
     per_batch = max(1, batch_size // num_views(tta))
     k = ens.num_classes
-    lanes = ens.lanes
-    times.model_lanes = lanes
-    batches = decoded(paths, ens.cards, per_batch, workers, tta, times)
-    if lanes == 1:
-        for chunk, arrays, ok, failed in batches:
-            probs, seconds = _predict(ens, arrays, ok, k, None)
-            times.model += seconds
-            yield Batch(paths=chunk, ok=ok, probs=probs, failed=failed)
-        return
-    # Several lanes: batch i runs on lane i % lanes, at most one batch per lane at a time (a new
-    # batch is handed out only once the oldest is back, and batches come back in order).
-    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="cvtool-model") as pool:
-        running: deque[tuple[list[Path], list[int], list[tuple[int, str]], Future]] = deque()
-        for i, (chunk, arrays, ok, failed) in enumerate(batches):
-            # The first batch runs on the main session: a one-batch run opens no lane.
-            lane = None if i == 0 else i % lanes
-            running.append((chunk, ok, failed, pool.submit(_predict, ens, arrays, ok, k, lane)))
-            if len(running) == lanes:
-                yield _finish(running.popleft(), times)
-        while running:
-            yield _finish(running.popleft(), times)
+    retune = ens.retunable and usable_cores() >= 2
+    threads: int | None = None  # None: each model's own session; else a copy with this many
+    # Retuning: the first three batches are decoded and run alone; the first two calls warm the
+    # session up, the third is timed against the decoding.
+    batches = decoded(paths, ens.cards, per_batch, workers, tta, times, alone=3 if retune else 1)
+    for i, (chunk, arrays, ok, failed) in enumerate(batches):
+        t0 = time.perf_counter()
+        probs = ens.predict(arrays, threads) if ok else np.zeros((0, k), np.float32)
+        seconds = time.perf_counter() - t0
+        times.model += seconds
+        if retune and i == 2 and ok:
+            cores = usable_cores()
+            # A call of a few milliseconds varies by half from call to call: time it again, the
+            # fastest is the model's cost (the probabilities are the first call's).
+            for _ in range(4 if seconds < 0.02 else 0):
+                t0 = time.perf_counter()
+                ens.predict(arrays, threads)
+                seconds = min(seconds, time.perf_counter() - t0)
+            choice = model_threads(times.decode_cpu / times.images, seconds * cores / len(ok), cores)
+            threads = choice if choice < cores else None
+            times.model_threads = choice
+        yield Batch(paths=chunk, ok=ok, probs=probs, failed=failed)
 
 
-def _predict(ens: Ensemble, arrays: list[np.ndarray], ok: list[int], k: int, lane: int | None):
-    """(probabilities, seconds in the model) for one decoded batch."""
-    t0 = time.perf_counter()
-    probs = ens.predict(arrays, lane) if ok else np.zeros((0, k), np.float32)
-    return probs, time.perf_counter() - t0
+# A decoding thread that takes one of ONNX Runtime's cores stalls all of its threads at every
+# operator (each waits for the slowest). Decoding gets a core of its own, and the model one
+# thread fewer, once it needs most of a core. Measured on 2 cores (bench/RESULTS.md): 28×28 PNGs
+# with the demo model need 0.85 cores for decoding, and ran 7,400-7,900 images/s with one model
+# thread against 5,900-6,300 with two; ResNet-18 INT8 on 500×375 JPEGs needs 0.5 cores and ran
+# 173 images/s with two threads against 132 with one.
+DECODE_CORE_SHARE = 0.7
 
 
-def _finish(job: tuple[list[Path], list[int], list[tuple[int, str]], Future], times: StageTimes) -> Batch:
-    chunk, ok, failed, fut = job
-    probs, seconds = fut.result()
-    times.model += seconds
-    return Batch(paths=chunk, ok=ok, probs=probs, failed=failed)
+def model_threads(decode_per_file: float, model_per_image: float, cores: int) -> int:
+    """ONNX Runtime threads for the rest of a run on `cores` cores, from the first batches' costs.
+
+    `decode_per_file`: decoding's CPU seconds per file; `model_per_image`: the model's core
+    seconds per image (its wall seconds times the threads it ran on). The cores are shared in
+    proportion to the two costs; decoding's share, rounded up from DECODE_CORE_SHARE of a core,
+    is taken from the model.
+    """
+    if decode_per_file <= 0 or model_per_image <= 0:
+        return cores
+    decode_cores = cores * decode_per_file / (decode_per_file + model_per_image)
+    return max(1, cores - int(decode_cores + 1 - DECODE_CORE_SHARE))
 
 
 def predict_files(

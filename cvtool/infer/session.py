@@ -30,7 +30,6 @@ import numpy as np
 import onnxruntime as ort
 
 from cvtool.contract import CARD_METADATA_KEY, CardError, ModelCard, resolve_card
-from cvtool.decode import usable_cores
 from cvtool.errors import CvtoolError
 from cvtool.softmax import softmax
 
@@ -157,25 +156,6 @@ def _providers(device: str, device_id: int = 0) -> list[Any]:
     return [cuda, "CPUExecutionProvider"] if ok else ["CPUExecutionProvider"]
 
 
-# The lanes' copies of the weights stay in memory for the model's life: none for larger files.
-LANE_MAX_BYTES = 512 * 2**20
-
-
-def lane_layout(cores: int, model_bytes: int = 0) -> tuple[int, int]:
-    """(lanes, threads per lane) for batch runs on `cores` CPU cores.
-
-    ONNX Runtime splits each operator across its intra-op threads and waits for the slowest, so
-    one session with a thread per core stalls whenever a decoding thread takes one of the cores.
-    Single-threaded sessions side by side do not wait for each other (bench/RESULTS.md has the
-    figures). Above 4 cores the lanes get several threads each, so that
-    at most 4 batches are in the model at once (memory, and the first result comes sooner).
-    """
-    if cores < 2 or model_bytes > LANE_MAX_BYTES:
-        return 1, max(1, cores)
-    lanes = min(cores, 4)
-    return lanes, cores // lanes
-
-
 def default_batch_size(provider: str) -> int:
     """Images per model call for a provider when the user gives none."""
     return _DEFAULT_BATCH.get(provider, 32)
@@ -216,29 +196,29 @@ class OnnxModel:
     device_id: int = 0
     # Pad every call to this many rows (TensorRT builds one engine per input shape).
     pad_to: int | None = None
-    # Batch runs on the CPU: this many copies of the session ("lanes", `lane_threads` threads each,
-    # opened on first use) run batches side by side; 1: every call goes to `session`.
-    lanes: int = 1
-    lane_threads: int = 1
+    # Whether the pipeline may run batches on a copy of the session with fewer intra-op threads
+    # (CPU, and no --threads given; see pipeline.model_threads).
+    retunable: bool = False
     _bound_input: Any = field(default=None, repr=False)  # device buffer reused across calls
     _binding: Any = field(default=None, repr=False)
-    _lane_sessions: dict[int, Any] = field(default_factory=dict, repr=False)
+    _sessions_by_threads: dict[int, Any] = field(default_factory=dict, repr=False)
 
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
-    def run(self, batch: np.ndarray, lane: int | None = None) -> np.ndarray:
+    def run(self, batch: np.ndarray, threads: int | None = None) -> np.ndarray:
         """(N, C, H, W) float32 → (N, K) probabilities (a calibrated card's temperature applied).
 
-        `lane` (0 … lanes-1): run on that lane's session; a lane takes one call at a time.
+        `threads`: run on a copy of the session with that many intra-op threads (opened on first
+        use, then kept; only for a `retunable` model); None: on `session`.
         """
-        out = self.outputs(batch, lane)
+        out = self.outputs(batch, threads)
         if self.card.output != "logits":
             return out
         return softmax(out / np.float32(self.card.temperature) if self.card.calibration else out)
 
-    def outputs(self, batch: np.ndarray, lane: int | None = None) -> np.ndarray:
+    def outputs(self, batch: np.ndarray, threads: int | None = None) -> np.ndarray:
         """(N, C, H, W) float32 → (N, K) raw outputs (logits); pads to a fixed batch size if needed."""
         n = len(batch)
         size = self.fixed_batch or self.pad_to
@@ -249,26 +229,23 @@ class OnnxModel:
                 pad = size - len(chunk)
                 if pad:
                     chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-                outs.append(self._run(chunk, lane)[: size - pad])
+                outs.append(self._run(chunk, threads)[: size - pad])
             return np.concatenate(outs)
-        return self._run(batch, lane)
+        return self._run(batch, threads)
 
-    def _lane_session(self, lane: int) -> ort.InferenceSession:
-        # Never called for one lane from two threads at once (the pipeline hands a lane one batch
-        # at a time), so opening it needs no lock.
-        if lane not in self._lane_sessions:
-            opts = session_options(self.lane_threads)
-            self._lane_sessions[lane] = ort.InferenceSession(
-                str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]
+    def _session_with(self, threads: int) -> ort.InferenceSession:
+        if threads not in self._sessions_by_threads:
+            self._sessions_by_threads[threads] = ort.InferenceSession(
+                str(self.path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
             )
-        return self._lane_sessions[lane]
+        return self._sessions_by_threads[threads]
 
-    def _run(self, batch: np.ndarray, lane: int | None = None) -> np.ndarray:
+    def _run(self, batch: np.ndarray, threads: int | None = None) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self.bind_device is not None:
             out = self._run_bound(batch)
         else:
-            session = self.session if lane is None or self.lanes == 1 else self._lane_session(lane)
+            session = self._session_with(threads) if threads and self.retunable else self.session
             (out,) = session.run([self.output_name], {self.input_name: batch})
         return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
 
@@ -359,9 +336,6 @@ def open_model(
     except CardError as e:
         raise ModelError(f"{path}: {e}") from e
     on_gpu = used[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-    lanes, lane_threads = 1, 1
-    if used[0] == "CPUExecutionProvider" and threads is None:
-        lanes, lane_threads = lane_layout(usable_cores(), path.stat().st_size)
     return OnnxModel(
         path=path,
         session=session,
@@ -373,6 +347,5 @@ def open_model(
         bind_device="cuda" if on_gpu else None,
         device_id=device_id,
         pad_to=batch_size if used[0] == "TensorrtExecutionProvider" else None,
-        lanes=lanes,
-        lane_threads=lane_threads,
+        retunable=used[0] == "CPUExecutionProvider" and threads is None,
     )
