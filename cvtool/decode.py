@@ -99,40 +99,47 @@ def decoded(
 ) -> Iterator[Decoded]:
     """(paths, arrays per card, ok positions, failures) per batch, in input order, decoded ahead.
 
-    `workers`: decoding threads; None picks them from the first batch, decoded alone: its CPU
-    time per file says how many threads help (`threads_for`), up to `default_workers()`.
+    `workers`: decoding threads; None decodes the first batch in the calling thread and sizes
+    the pool from its CPU time per file (`threads_for`), up to `default_workers()`.
     `alone`: the first `alone` batches are decoded one at a time and nothing is decoded while the
     consumer holds them, so that both stages can be timed without the other (the pipeline times
     the model on them). `times` (when given) gains the decoding's CPU and wall seconds and the
     consumer's waiting.
     """
     times = times if times is not None else StageTimes()
-    most = workers or default_workers()
-    active = workers or 1  # threads decoding at once; adaptive: 1 until the first batch is back
-    times.decode_threads = active
-    alone = max(alone, 0 if workers else 1)
-    with ThreadPoolExecutor(max_workers=most, thread_name_prefix="cvtool-decode") as pool:
+    chunks = _batched(paths, images_per_batch)
+    first = None
+    if workers is None:  # decode the first batch here, alone, and size the pool from its cost
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        t0 = time.perf_counter()
+        first = (chunk, _decode_batch(chunk, cards, tta))
+        times.waiting += time.perf_counter() - t0
+        workers = threads_for(first[1][3] / len(chunk), default_workers())
+    times.decode_threads = workers
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cvtool-decode") as pool:
         pending: deque[tuple[list[Path], Future]] = deque()
-        chunks = _batched(paths, images_per_batch)
         served = 0  # batches handed to the consumer
 
         def fill() -> None:
-            # One batch per active thread being decoded, plus one ready and waiting for the model.
-            while len(pending) < (1 if served < alone else active + 1):
+            # One batch per thread being decoded, plus one ready and waiting for the model.
+            while len(pending) < (1 if served < alone else workers + 1):
                 chunk = next(chunks, None)
                 if chunk is None:
                     return
                 pending.append((chunk, pool.submit(_decode_batch, chunk, cards, tta)))
 
-        fill()
-        while pending:
-            chunk, fut = pending.popleft()
-            t0 = time.perf_counter()
-            arrays, ok, failed, cpu, wall = fut.result()
-            times.waiting += time.perf_counter() - t0
-            if served == 0 and not workers:
-                active = threads_for(cpu / len(chunk), most)
-                times.decode_threads = active
+        if first is None:
+            fill()
+        while first is not None or pending:
+            if first is not None:
+                (chunk, (arrays, ok, failed, cpu, wall)), first = first, None
+            else:
+                chunk, fut = pending.popleft()
+                t0 = time.perf_counter()
+                arrays, ok, failed, cpu, wall = fut.result()
+                times.waiting += time.perf_counter() - t0
             served += 1
             if served > alone:
                 fill()
