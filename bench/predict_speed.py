@@ -109,6 +109,21 @@ def machine() -> str:
     )
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(all CPU time, time stolen by the hypervisor) so far, in jiffies, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(fields), fields[7] if len(fields) > 7 else 0
+
+
+def steal_since(start: tuple[int, int]) -> str:
+    """The share of CPU time the hypervisor took since `start` (other virtual machines' load)."""
+    total, steal = (a - b for a, b in zip(cpu_jiffies(), start, strict=True))
+    return f"{100 * steal / total:.0f} % of the CPU time stolen by the hypervisor meanwhile" if total else ""
+
+
 def best_of(fn, repeat: int):
     """The best (highest images/s) of `repeat` runs of fn(), after one warm-up run.
 
@@ -248,6 +263,7 @@ def torch_eager(model_path: Path, folder: Path, batch: int, workers: int = 2) ->
 
 
 def cmd_resnet(args) -> None:
+    start = cpu_jiffies()
     work = Path(args.work)
     folder = make_jpegs(work / "jpegs")
     model = make_resnet18(work / "resnet18.onnx")
@@ -275,7 +291,7 @@ def cmd_resnet(args) -> None:
         timm = best_of(lambda: whole_process(timm_cmd, n), args.repeat)
     print(f"\n### predict speed, ResNet-18 224², {n} JPEGs ~500×375, batch {args.batch}")
     print(f"\n- machine: {machine()}")
-    print(f"- command: `python bench/predict_speed.py resnet {' '.join(sys.argv[2:])}`")
+    print(f"- command: `python bench/predict_speed.py resnet {' '.join(sys.argv[2:])}`; {steal_since(start)}")
     print(f"- decode + preprocess alone (cvtool's threads): {dec:.0f} images/s\n")
     print(
         "| model | model alone img/s | limit img/s | end-to-end img/s | ÷ limit | whole process img/s "
@@ -298,6 +314,7 @@ def card_of(path: Path):
 
 
 def cmd_fmnist(args) -> None:
+    start = cpu_jiffies()
     folder = Path(args.data) / "test"
     model = Path(args.model)
     card = card_of(model)
@@ -310,7 +327,7 @@ def cmd_fmnist(args) -> None:
     n = sum(1 for _ in folder.iterdir())
     print(f"\n### predict speed, Fashion-MNIST test ({n} PNGs 28×28), {model.name}, batch {args.batch}")
     print(f"\n- machine: {machine()}")
-    print(f"- command: `python bench/predict_speed.py fmnist {' '.join(sys.argv[2:])}`")
+    print(f"- command: `python bench/predict_speed.py fmnist {' '.join(sys.argv[2:])}`; {steal_since(start)}")
     print(f"- where the time went (best run): {line}\n")
     print(
         "| model alone img/s | decode alone, cvtool's threads | decode alone, one process per core "

@@ -53,3 +53,24 @@ def test_the_cli_does_not_import_matplotlib_or_onnx_at_startup():
     # Every command starts by importing every command module, their Literal choices included.
     assert _loaded("cvtool.cli.app", ("matplotlib", "onnx")) == []
     assert _loaded("cvtool.evaluation.occlusion, cvtool.evaluation.explain", ("matplotlib", "onnx")) == []
+
+
+def test_predict_of_one_image_imports_no_onnx_matplotlib_or_torch(rgb_model, shapes_test, tmp_path):
+    # The whole command, as a user runs it: what `python -X importtime` would list.
+    code = (
+        "import sys; from cvtool.cli import main; sys.argv = ['cvtool', 'predict', sys.argv[1], "
+        "'--model', sys.argv[2], '-o', sys.argv[3]]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('onnx', 'matplotlib', 'torch', 'openvino') if m in sys.modules))"
+    )
+    one = tmp_path / "one"
+    one.mkdir()
+    first = sorted(shapes_test[0].iterdir())[0]
+    (one / first.name).write_bytes(first.read_bytes())
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(one), str(rgb_model), str(tmp_path / "s.csv")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "s.csv").read_text().count("\n") == 2
