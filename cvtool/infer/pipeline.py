@@ -104,10 +104,11 @@ def run_batches(
 
 # A decoding thread that takes one of ONNX Runtime's cores stalls all of its threads at every
 # operator (each waits for the slowest). Decoding gets a core of its own, and the model one
-# thread fewer, once it needs most of a core. Measured on 2 cores (bench/RESULTS.md): 28×28 PNGs
-# with the demo model need 0.85 cores for decoding, and ran 7,400-7,900 images/s with one model
-# thread against 5,900-6,300 with two; ResNet-18 INT8 on 500×375 JPEGs needs 0.5 cores and ran
-# 173 images/s with two threads against 132 with one.
+# thread fewer, once it needs most of a core. Measured on 2 cores (bench/RESULTS.md): decoding
+# 28×28 PNGs for the demo model needs 0.8-1.0 cores, and they ran 7,100-8,100 images/s with one
+# model thread against 5,700-7,200 with two; ResNet-18 INT8 on 500×375 JPEGs needs 0.45-0.67
+# cores and ran 173 images/s with two threads against 132 with one. The copy of the session
+# with fewer threads stays open for the model's life (it is made only for such small models).
 DECODE_CORE_SHARE = 0.7
 
 
