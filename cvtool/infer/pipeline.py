@@ -108,7 +108,7 @@ def run_batches(
 # 28×28 PNGs for the demo model needs 0.8-1.0 cores, and they ran 7,100-8,100 images/s with one
 # model thread against 5,700-7,200 with two; ResNet-18 INT8 on 500×375 JPEGs needs 0.45-0.67
 # cores and ran 173 images/s with two threads against 132 with one. The copy of the session
-# with fewer threads stays open for the model's life (it is made only for such small models).
+# with fewer threads stays open for the model's life, so its weights are then held twice.
 DECODE_CORE_SHARE = 0.7
 
 
