@@ -232,7 +232,7 @@ def _train(
     )
     log(
         f"model: {arch}, {n_params:,} parameters; device {device_note}"
-        + (f", amp {amp}" if amp != "off" else "")
+        + (f", amp {amp}" if amp != "off" or amp_why else "")
         + (f" ({amp_why})" if amp_why else "")
         + (", channels_last" if channels_last else "")
         + (f"; {rt.world} processes" if rt.distributed else "")
