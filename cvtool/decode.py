@@ -1,10 +1,11 @@
 """Decoding image files into batches for a model: a pool of threads, a bounded look-ahead.
 
 Each decoding thread turns a whole batch of files into arrays (Pillow and numpy release the GIL
-while decoding, resizing and normalising), writing straight into the batch buffer. At most
-one batch more than there are threads is decoded ahead of the consumer, so memory stays bounded however many
-files there are, while the consumer (ONNX Runtime, which also releases the GIL; or calibration)
-works on the oldest ready batch. Files are taken from an iterator one batch at a time.
+while decoding, resizing and normalising), writing straight into the batch buffer. At most one
+batch more than there are threads is decoded ahead of the consumer, so memory stays bounded
+however many files there are, while the consumer (ONNX Runtime, which also releases the GIL; or
+calibration) works on the oldest ready batch. Files are taken from an iterator one batch at a
+time. How many threads help depends on the files: see `threads_for`.
 
 A file that fails to decode is recorded with its reason; the run goes on.
 """
